@@ -1,0 +1,370 @@
+"""Streaming corpus readers.  Each is a generator of :class:`~tagger.data.types.Example`.
+
+Formats (``read_examples(path, format, **options)``):
+
+    conllu  CoNLL-U; ``label_column`` names one of the 10 fields (upos, xpos, deprel, ...).
+            Comments, multiword ranges ``n-m`` and empty nodes ``n.m`` are skipped.
+    conll   whitespace-separated columns, blank line between sentences, ``-DOCSTART-``
+            lines skipped wherever they appear; ``token_column`` / ``label_column`` indices.
+    tsv     one text per line; ``text_column`` / ``label_column`` by index or header name.
+    trec    ``COARSE:fine question text``; ``label="coarse"`` or ``"fine"`` (``COARSE:fine``).
+    jsonl   one JSON object per line; ``text_key`` / ``label_key``.  A list under
+            ``text_key`` is taken as tokens, a list under ``label_key`` as per-token labels.
+    text    one raw sentence per line, no labels (prediction input).
+
+Files are read in binary and decoded line by line, so a bad byte is reported with its
+line: ``TREC.train:66: byte 0xf0 is not valid utf-8; set data.encoding (e.g. latin-1)``.
+A ``.gz`` suffix is decompressed transparently.  A missing file, an empty file, or a
+malformed line raises :class:`~tagger.errors.DataError` naming ``FILE:LINE``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tagger.data.types import Example
+from tagger.data.vocab import pretokenize
+from tagger.errors import DataError
+
+CONLLU_FIELDS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
+
+PathLike = str | os.PathLike
+
+
+def check_file(path: PathLike) -> Path:
+    """Raise DataError unless ``path`` is an existing file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check the path in the config (relative paths start at the config's folder)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
+    return path
+
+
+def iter_lines(path: PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` with line ends removed; decode errors name the line."""
+    path = check_file(path)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(f"{path}: unknown encoding {encoding!r}; set data.encoding to e.g. utf-8 or latin-1") from None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                byte = raw[err.start]
+                hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
+                raise DataError(
+                    f"{path}:{lineno}: byte 0x{byte:02x} is not valid {encoding}; "
+                    f"set data.encoding (e.g. {hint}) in the config"
+                ) from None
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield lineno, line.rstrip("\r\n")
+
+
+def _nonempty(path: PathLike, examples: Iterator[Example], what: str) -> Iterator[Example]:
+    check_file(path)  # eagerly: a missing file is reported when the reader is created
+    return _count(path, examples, what)
+
+
+def _count(path: PathLike, examples: Iterator[Example], what: str) -> Iterator[Example]:
+    n = 0
+    for ex in examples:
+        n += 1
+        yield ex
+    if n == 0:
+        raise DataError(f"{path}: no {what} found (is the file empty or in another format?)")
+
+
+def _column_index(column: int | str, names: tuple[str, ...] | list[str], path: PathLike, option: str) -> int:
+    if isinstance(column, int):
+        return column
+    if column.lstrip("-").isdigit():
+        return int(column)
+    try:
+        return list(names).index(column.lower() if names is CONLLU_FIELDS else column)
+    except ValueError:
+        raise DataError(f"{path}: {option} {column!r} is not one of {', '.join(names)}") from None
+
+
+# --------------------------------------------------------------------------- CoNLL-U
+def read_conllu(
+    path: PathLike,
+    label_column: int | str | None = "upos",
+    token_column: int | str = "form",
+    encoding: str = "utf-8",
+) -> Iterator[Example]:
+    """Sentences of a CoNLL-U file; ``label_column=None`` reads tokens only."""
+    tok_i = _column_index(token_column, CONLLU_FIELDS, path, "token_column")
+    lab_i = None if label_column is None else _column_index(label_column, CONLLU_FIELDS, path, "label_column")
+    for i in (tok_i, lab_i):
+        if i is not None and not -10 <= i < 10:
+            raise DataError(f"{path}: column index {i} is outside the 10 CoNLL-U fields")
+
+    def sentences() -> Iterator[Example]:
+        tokens: list[str] = []
+        labels: list[str] = []
+        start = None
+        for lineno, line in iter_lines(path, encoding):
+            if not line.strip():
+                if tokens:
+                    yield Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}")
+                tokens, labels, start = [], [], None
+                continue
+            if line.startswith("#"):
+                continue
+            cols = line.split("\t")
+            if len(cols) != 10:
+                raise DataError(
+                    f"{path}:{lineno}: expected 10 tab-separated columns, found {len(cols)} (is this a CoNLL-U file?)"
+                )
+            tid = cols[0]
+            if not tid.isdigit():
+                if "-" in tid or "." in tid:
+                    a, _, b = tid.replace(".", "-").partition("-")
+                    if a.isdigit() and b.isdigit():
+                        continue  # multiword range n-m or empty node n.m
+                raise DataError(
+                    f"{path}:{lineno}: token id {tid!r} is not an integer, a range n-m or an empty node n.m "
+                    "(is this a CoNLL-U file?)"
+                )
+            if start is None:
+                start = lineno
+            tokens.append(cols[tok_i])
+            if lab_i is not None:
+                labels.append(cols[lab_i])
+        if tokens:
+            yield Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}")
+
+    return _nonempty(path, sentences(), "sentences")
+
+
+# --------------------------------------------------------------------------- CoNLL columns
+def _needed(index: int) -> int:
+    """Columns a line needs for ``index`` (negative counts from the end) to exist."""
+    return index + 1 if index >= 0 else -index
+
+
+def read_conll(
+    path: PathLike,
+    token_column: int = 0,
+    label_column: int | None = -1,
+    encoding: str = "utf-8",
+) -> Iterator[Example]:
+    """Sentences of a whitespace-separated column file (CoNLL-2003 style).
+
+    Every token line must have the same number of columns as the first one, and enough
+    for both indices; ``-DOCSTART-`` lines never produce sentences.
+    """
+    token_column = int(token_column)
+    label_column = None if label_column is None else int(label_column)
+
+    def sentences() -> Iterator[Example]:
+        tokens: list[str] = []
+        labels: list[str] = []
+        start = None
+        ncols_first = None
+        first_line = None
+        for lineno, line in iter_lines(path, encoding):
+            cols = line.split()
+            if not cols:
+                if tokens:
+                    yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}")
+                tokens, labels, start = [], [], None
+                continue
+            if cols[0] == "-DOCSTART-":
+                continue
+            n = len(cols)
+            if ncols_first is None:
+                ncols_first, first_line = n, lineno
+                ti = token_column + n if token_column < 0 else token_column
+                li = None if label_column is None else (label_column + n if label_column < 0 else label_column)
+                if not 0 <= ti < n or (li is not None and (not 0 <= li < n or li == ti)):
+                    want = max(_needed(token_column), 0 if label_column is None else _needed(label_column))
+                    want = max(want, 1 if label_column is None else 2)
+                    raise DataError(
+                        f"{path}:{lineno}: expected at least {want} whitespace-separated columns "
+                        f"(token_column={token_column}, label_column={label_column}), found {n}"
+                    )
+            elif n != ncols_first:
+                raise DataError(
+                    f"{path}:{lineno}: expected {ncols_first} whitespace-separated columns as on line "
+                    f"{first_line}, found {n} (a token with a space in it, or a missing blank line?)"
+                )
+            if start is None:
+                start = lineno
+            tokens.append(cols[token_column])
+            if label_column is not None:
+                labels.append(cols[label_column])
+        if tokens:
+            yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}")
+
+    return _nonempty(path, sentences(), "sentences")
+
+
+# --------------------------------------------------------------------------- classification
+def _text_example(text: str, label: str | None, source: str) -> Example:
+    pieces = pretokenize(text)
+    if not pieces:
+        raise DataError(f"{source}: empty text; remove the line or fill in the text")
+    return Example(
+        [tok for tok, _ in pieces], None, label, text=text, offsets=[span for _, span in pieces], source=source
+    )
+
+
+def read_tsv(
+    path: PathLike,
+    text_column: int | str = 0,
+    label_column: int | str | None = 1,
+    header: bool | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[Example]:
+    """Tab-separated text classification data.
+
+    ``header=None`` means: there is a header exactly when a column is given by name.
+    SST-2's ``sentence\\tlabel`` (with a space before the tab) reads with
+    ``text_column="sentence", label_column="label"``.
+    """
+    if header is None:
+        header = any(isinstance(c, str) and not c.lstrip("-").isdigit() for c in (text_column, label_column) if c is not None)
+
+    def examples() -> Iterator[Example]:
+        text_i = label_i = None
+        ncols = None
+        for lineno, line in iter_lines(path, encoding):
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if text_i is None:
+                names = [c.strip() for c in cols] if header else [str(i) for i in range(len(cols))]
+                text_i = _column_index(text_column, names, path, "data.text_column")
+                label_i = None if label_column is None else _column_index(label_column, names, path, "data.label_column")
+                ncols = len(cols)
+                for opt, i in (("text_column", text_i), ("label_column", label_i)):
+                    if i is not None and not -ncols <= i < ncols:
+                        raise DataError(
+                            f"{path}:{lineno}: data.{opt}={i} but the line has {ncols} tab-separated columns"
+                        )
+                if header:
+                    continue
+            if len(cols) != ncols:
+                raise DataError(
+                    f"{path}:{lineno}: expected {ncols} tab-separated columns, found {len(cols)} "
+                    "(a tab inside the text?)"
+                )
+            label = None if label_i is None else cols[label_i].strip()
+            if label_i is not None and not label:
+                raise DataError(f"{path}:{lineno}: empty label in column {label_i}")
+            yield _text_example(cols[text_i].strip(), label, f"{path}:{lineno}")
+
+    return _nonempty(path, examples(), "examples")
+
+
+def read_trec(path: PathLike, label: str = "coarse", encoding: str = "utf-8") -> Iterator[Example]:
+    """TREC question classification: ``COARSE:fine text``; fine labels keep the coarse prefix."""
+    if label not in ("coarse", "fine"):
+        raise DataError(f"{path}: data.trec_label must be 'coarse' or 'fine', got {label!r}")
+
+    def examples() -> Iterator[Example]:
+        for lineno, line in iter_lines(path, encoding):
+            if not line.strip():
+                continue
+            head, _, text = line.strip().partition(" ")
+            coarse, colon, fine = head.partition(":")
+            if not colon or not coarse or not fine or not text.strip():
+                raise DataError(f"{path}:{lineno}: expected 'COARSE:fine question text', found {line[:40]!r}")
+            yield _text_example(text.strip(), coarse if label == "coarse" else head, f"{path}:{lineno}")
+
+    return _nonempty(path, examples(), "questions")
+
+
+def read_jsonl(
+    path: PathLike, text_key: str = "text", label_key: str | None = "label", encoding: str = "utf-8"
+) -> Iterator[Example]:
+    """JSON lines: ``{"text": "...", "label": "pos"}`` or ``{"tokens": [...], "tags": [...]}``."""
+
+    def examples() -> Iterator[Example]:
+        for lineno, line in iter_lines(path, encoding):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.args[0].split(':')[0]})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+            if text_key not in obj:
+                raise DataError(f"{path}:{lineno}: no key {text_key!r} (keys: {', '.join(obj)}); set data.text_key")
+            value = obj[text_key]
+            gold = None
+            if label_key is not None:
+                if label_key not in obj:
+                    raise DataError(f"{path}:{lineno}: no key {label_key!r} (keys: {', '.join(obj)}); set data.label_key")
+                gold = obj[label_key]
+            src = f"{path}:{lineno}"
+            if isinstance(value, list):
+                tokens = [str(t) for t in value]
+                if not tokens:
+                    raise DataError(f"{src}: empty token list under {text_key!r}")
+                if isinstance(gold, list):
+                    if len(gold) != len(tokens):
+                        raise DataError(f"{src}: {len(tokens)} tokens but {len(gold)} labels")
+                    yield Example(tokens, [str(g) for g in gold], source=src)
+                else:
+                    yield Example(tokens, None, None if gold is None else str(gold), source=src)
+            elif isinstance(value, str):
+                if isinstance(gold, list):
+                    raise DataError(f"{src}: per-token labels need a token list under {text_key!r}, not a string")
+                yield _text_example(value.strip(), None if gold is None else str(gold), src)
+            else:
+                raise DataError(f"{src}: {text_key!r} must be a string or a list of tokens")
+
+    return _nonempty(path, examples(), "examples")
+
+
+def read_text(path: PathLike, encoding: str = "utf-8") -> Iterator[Example]:
+    """One raw sentence per line (blank lines skipped), split by the pre-tokenizer; no labels."""
+
+    def examples() -> Iterator[Example]:
+        for lineno, line in iter_lines(path, encoding):
+            if line.strip():
+                yield _text_example(line, None, f"{path}:{lineno}")
+
+    return _nonempty(path, examples(), "lines of text")
+
+
+READERS: dict[str, Callable[..., Iterator[Example]]] = {
+    "conllu": read_conllu,
+    "conll": read_conll,
+    "tsv": read_tsv,
+    "trec": read_trec,
+    "jsonl": read_jsonl,
+    "text": read_text,
+}
+
+
+def read_examples(path: PathLike, format: str, **options) -> Iterator[Example]:
+    """Dispatch to the reader for ``format``; ``options`` are that reader's keywords.
+
+    Options that are ``None``-valued defaults in the config can be passed through as
+    ``None`` only where the reader accepts ``None``; unknown options raise DataError.
+    """
+    try:
+        reader = READERS[format]
+    except KeyError:
+        raise DataError(f"{path}: unknown data.format {format!r}; use one of {', '.join(READERS)}") from None
+    import inspect
+
+    accepted = inspect.signature(reader).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(f"{path}: option(s) {', '.join(unknown)} do not apply to format {format!r}")
+    return reader(path, **options)

@@ -1,0 +1,261 @@
+"""Tokenization and vocabularies, on the HuggingFace ``tokenizers`` library.
+
+Pre-tokenizer
+    :func:`pretokenize` splits raw text PTB-style with character offsets:
+    ``"I don't know, U.S. $3.50..."`` -> ``I do n't know , U.S. $ 3.50 ...``.
+    The same function splits classification text at train and predict time, so both
+    see identical tokens.  It is a ``tokenizers`` ``Split`` pre-tokenizer over one regex
+    (:data:`TOKEN_PATTERN`), saved inside ``tokenizer.json``.
+
+WordVocab
+    A ``tokenizers.Tokenizer`` with a ``WordLevel`` model: ``[PAD]`` = 0, ``[UNK]`` = 1,
+    then words by descending frequency (ties by first appearance), cut by ``min_freq``
+    and ``max_size``; optional ``Lowercase`` normalizer.  Saved as ``tokenizer.json``.
+    Encoding a pre-tokenised sentence gives exactly one id per word (a word is never
+    split again: the pre-tokenised path runs without the pre-tokenizer).
+
+LabelVocab
+    Labels <-> ids in a fixed list order (JSON: a list of strings).  An unknown label
+    at evaluation time raises :class:`~tagger.errors.DataError` naming the label and the
+    known ones, unless ``unknown="O"``-style fallback is asked for explicitly
+    (``encode(labels, fallback="O")``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+from tagger.errors import DataError
+
+PAD, UNK = "[PAD]", "[UNK]"
+PAD_ID, UNK_ID = 0, 1
+
+# One regex, alternatives tried in order at each position:
+#   abbreviations with dots (U.S.), the clitic split of PTB (do|n't, it|'s),
+#   numbers with inner separators (3.50, 1,000, 12:30, 1/2), words with inner hyphens,
+#   ellipsis, double dash, PTB quotes, and any other single non-space symbol.
+TOKEN_PATTERN = (
+    r"(?:[A-Za-z]\.){2,}"
+    r"|\w+(?=(?i:n't)\b)|(?i:n't)\b"
+    r"|'(?i:s|re|ve|ll|d|m)\b"
+    r"|\d+(?:[.,:/]\d+)+"
+    r"|\w+(?:-\w+)*"
+    r"|\.\.\.|--|``|''"
+    r"|[^\w\s]"
+)
+
+
+def make_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The pre-tokenizer: keep every :data:`TOKEN_PATTERN` match, drop whitespace."""
+    return pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="removed", invert=True)
+
+
+_PRE_TOKENIZER = make_pre_tokenizer()
+
+
+def pretokenize(text: str) -> list[tuple[str, tuple[int, int]]]:
+    """Split raw text into ``(token, (start, end))`` with ``text[start:end] == token``."""
+    return _PRE_TOKENIZER.pre_tokenize_str(text)
+
+
+def split_words(text: str) -> list[str]:
+    """Tokens of :func:`pretokenize` without offsets."""
+    return [tok for tok, _ in _PRE_TOKENIZER.pre_tokenize_str(text)]
+
+
+class WordVocab:
+    """Word <-> id through a ``tokenizers`` WordLevel model; ``[PAD]`` = 0, ``[UNK]`` = 1."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        vocab = tokenizer.get_vocab()
+        if vocab.get(PAD) != PAD_ID or vocab.get(UNK) != UNK_ID:
+            raise DataError(f"tokenizer: expected {PAD}=0 and {UNK}=1 in the vocabulary")
+        self.tokenizer = tokenizer
+        # Same model and normalizer, no pre-tokenizer: each given word stays one token.
+        self._word_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._word_tokenizer.pre_tokenizer = None
+        self._vocab = vocab
+
+    # construction -------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        sentences: Iterable[Sequence[str]],
+        min_freq: int = 1,
+        max_size: int | None = None,
+        lowercase: bool = False,
+    ) -> "WordVocab":
+        """Count words of pre-tokenised sentences and keep the frequent ones.
+
+        ``max_size`` counts words besides ``[PAD]`` and ``[UNK]``.  Order: descending
+        frequency, ties broken by first appearance (so the result is deterministic).
+        """
+        normalizer = normalizers.Lowercase() if lowercase else None
+        counts: Counter[str] = Counter()
+        for words in sentences:
+            counts.update(words)
+        merged: Counter[str] = Counter()
+        for word, n in counts.items():  # Counter keeps first-appearance order
+            merged[normalizer.normalize_str(word) if normalizer else word] += n
+        ranked = sorted(
+            ((w, n) for w, n in merged.items() if n >= min_freq and w not in (PAD, UNK) and w),
+            key=lambda item: -item[1],
+        )
+        if max_size is not None:
+            ranked = ranked[:max_size]
+        vocab = {PAD: PAD_ID, UNK: UNK_ID}
+        for word, _ in ranked:
+            vocab[word] = len(vocab)
+        tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        if normalizer is not None:
+            tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = make_pre_tokenizer()
+        return cls(tokenizer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "WordVocab":
+        """Read ``tokenizer.json``; a missing or damaged file raises DataError naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: tokenizer file not found; was the model saved completely?")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises plain Exception on bad JSON
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(
+                f"{path}: damaged tokenizer file ({first}); re-train or restore the model directory"
+            ) from None
+        if not isinstance(tokenizer.model, models.WordLevel):
+            raise DataError(f"{path}: expected a WordLevel tokenizer, found {type(tokenizer.model).__name__}")
+        return cls(tokenizer)
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.tokenizer.save(str(path))
+
+    # queries ------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def lowercase(self) -> bool:
+        return self.tokenizer.normalizer is not None
+
+    def normalize(self, word: str) -> str:
+        norm = self.tokenizer.normalizer
+        return norm.normalize_str(word) if norm is not None else word
+
+    def words(self) -> list[str]:
+        """All entries in id order (``[PAD]``, ``[UNK]``, then words)."""
+        return [w for w, _ in sorted(self._vocab.items(), key=lambda kv: kv[1])]
+
+    def word_to_id(self, word: str) -> int:
+        return self._vocab.get(self.normalize(word), UNK_ID)
+
+    def id_to_word(self, idx: int) -> str | None:
+        return self.tokenizer.id_to_token(idx)
+
+    # encoding -----------------------------------------------------------------------
+    def encode_words(self, words: Sequence[str]) -> list[int]:
+        """One id per word of a pre-tokenised sentence."""
+        return self.encode_batch([words])[0]
+
+    def encode_batch(self, sentences: Sequence[Sequence[str]]) -> list[list[int]]:
+        """One id list per sentence, one id per word (the Rust side works in parallel)."""
+        sentences = [list(s) for s in sentences]
+        out = []
+        encodings = self._word_tokenizer.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+        for words, enc in zip(sentences, encodings):
+            ids = enc.ids
+            if len(ids) != len(words):  # only an empty word yields no token; look each word up
+                ids = [self.word_to_id(w) for w in words]
+            out.append(list(ids))
+        return out
+
+    def encode_text(self, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:
+        """Raw text -> ``(ids, tokens, offsets)``; tokens are the original surface strings."""
+        pieces = pretokenize(text)
+        tokens = [tok for tok, _ in pieces]
+        offsets = [span for _, span in pieces]
+        return self.encode_words(tokens), tokens, offsets
+
+
+class LabelVocab:
+    """Labels <-> ids; the order of ``labels`` is the id order."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels: list[str] = list(labels)
+        self._index = {label: i for i, label in enumerate(self.labels)}
+        if len(self._index) != len(self.labels):
+            raise DataError("label vocabulary has duplicate labels")
+
+    @classmethod
+    def build(cls, labels: Iterable[str], first: Sequence[str] = ()) -> "LabelVocab":
+        """``first`` labels (e.g. ``["O"]``) come first, then the rest sorted by name."""
+        seen = set(labels)
+        rest = sorted(seen - set(first))
+        return cls(list(first) + rest)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __contains__(self, label: str) -> bool:
+        return label in self._index
+
+    def encode(self, labels: Sequence[str], fallback: str | None = None) -> list[int]:
+        """Ids of labels; unknown -> the id of ``fallback`` if given, else DataError."""
+        index = self._index
+        try:
+            return [index[label] for label in labels]
+        except KeyError:
+            pass
+        fallback_id = index.get(fallback) if fallback is not None else None
+        out = []
+        for label in labels:
+            i = index.get(label, fallback_id)
+            if i is None:
+                known = ", ".join(self.labels[:20]) + (" ..." if len(self.labels) > 20 else "")
+                raise DataError(
+                    f"label {label!r} was not seen in training (known: {known}); "
+                    "check data.label_column / data.scheme, or retrain with this label"
+                )
+            out.append(i)
+        return out
+
+    def encode_one(self, label: str, fallback: str | None = None) -> int:
+        return self.encode([label], fallback)[0]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.labels[int(i)] for i in ids]
+
+    def to_json(self) -> str:
+        return json.dumps(self.labels, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LabelVocab":
+        return cls(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LabelVocab":
+        path = Path(path)
+        try:
+            labels = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: label file not found") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: damaged label file ({err}); expected a JSON list of strings") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise DataError(f"{path}: expected a JSON list of strings")
+        return cls(labels)
