@@ -1,0 +1,147 @@
+"""Tag schemes for spans: IOB1, BIO (IOB2), BIOES, and ``none`` (labels that are not spans).
+
+A tag is ``O`` or ``PREFIX-TYPE``; like conlleval, the prefix is everything before the
+first ``-`` and the type everything after it.
+
+Chunk boundaries follow conlleval's ``endOfChunk`` / ``startOfChunk`` (reimplemented in
+:func:`end_of_chunk` / :func:`start_of_chunk`):
+
+* an ``I-`` after ``O`` opens a chunk (so IOB1 and loose BIO read the same way);
+* a change of type ends the previous chunk and opens a new one;
+* ``B-`` after ``B-``/``I-`` of the same type ends one chunk and opens the next (IOB1 adjacency);
+* ``E-`` followed by ``E-``/``I-`` ends and reopens.
+
+Plain conlleval has no rule for ``S-`` and none for ``E-`` followed by ``B-``, so on BIOES
+input it merges ``S-X S-X`` or ``B-X E-X B-X E-X`` into one chunk.  For ``bioes`` we add
+the missing rules (a chunk always ends after ``E-``/``S-`` and before ``B-``/``S-``, and
+``B-``/``S-`` always start one);
+on IOB1/BIO tags the functions are exactly conlleval's.  Scoring BIOES output therefore
+converts it to BIO first (see :mod:`tagger.metrics`).
+
+``spans(tags, scheme)`` returns ``[(type, start, end_exclusive), ...]``;
+``convert(tags, src, dst)`` re-encodes via spans, so spans are preserved exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tagger.errors import DataError
+
+SCHEMES = ("iob1", "bio", "bioes", "none")
+PREFIXES = {"iob1": "BI", "bio": "BI", "bioes": "BIES"}
+
+Span = tuple[str, int, int]
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """``"B-PER" -> ("B", "PER")``; ``"O" -> ("O", "")`` (conlleval's ``/^([^-]*)-(.*)$/``)."""
+    prefix, dash, kind = tag.partition("-")
+    return (prefix, kind) if dash else (tag, "")
+
+
+def end_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str, bioes: bool = False) -> bool:
+    """conlleval ``endOfChunk``: does a chunk end between the previous token and this one?"""
+    end = (prev_tag, tag) in _END_PAIRS
+    if prev_tag != "O" and prev_tag != "." and prev_type != type_:
+        end = True
+    if prev_tag in ("]", "["):
+        end = True
+    if bioes and (prev_tag in ("E", "S") or tag in ("B", "S")):
+        end = True
+    return end
+
+
+def start_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str, bioes: bool = False) -> bool:
+    """conlleval ``startOfChunk``: does a chunk start at this token?"""
+    start = (prev_tag, tag) in _START_PAIRS
+    if tag != "O" and tag != "." and prev_type != type_:
+        start = True
+    if tag in ("[", "]"):
+        start = True
+    if bioes and tag in ("B", "S"):
+        start = True
+    return start
+
+
+_END_PAIRS = frozenset(
+    [("B", "B"), ("B", "O"), ("I", "B"), ("I", "O"), ("E", "E"), ("E", "I"), ("E", "O")]
+)
+_START_PAIRS = frozenset(
+    [("B", "B"), ("I", "B"), ("O", "B"), ("O", "I"), ("E", "E"), ("E", "I"), ("O", "E")]
+)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise DataError(f"unknown tag scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if scheme == "none":
+        raise DataError("scheme 'none' has no spans; set data.scheme to iob1, bio or bioes for span labels")
+
+
+def spans(tags: Sequence[str], scheme: str = "bio") -> list[Span]:
+    """Chunks of one sentence as ``(type, start, end_exclusive)``, in order."""
+    _check_scheme(scheme)
+    bioes = scheme == "bioes"
+    out: list[Span] = []
+    prev_tag, prev_type = "O", ""
+    start = None
+    for i, tag in enumerate(list(tags) + ["O"]):  # a trailing O closes the last chunk, as a boundary does
+        t, ty = split_tag(tag)
+        if start is not None and end_of_chunk(prev_tag, t, prev_type, ty, bioes):
+            out.append((prev_type, start, i))
+            start = None
+        if start_of_chunk(prev_tag, t, prev_type, ty, bioes):
+            start = i
+        prev_tag, prev_type = t, ty
+    return out
+
+
+def from_spans(chunks: Sequence[Span], length: int, scheme: str) -> list[str]:
+    """Encode non-overlapping spans as tags of ``scheme``; other tokens are ``O``."""
+    _check_scheme(scheme)
+    tags = ["O"] * length
+    prev_end, prev_type = -1, None
+    for kind, start, end in sorted(chunks, key=lambda c: c[1]):
+        if scheme == "bioes":
+            if end - start == 1:
+                tags[start] = f"S-{kind}"
+            else:
+                tags[start] = f"B-{kind}"
+                for i in range(start + 1, end - 1):
+                    tags[i] = f"I-{kind}"
+                tags[end - 1] = f"E-{kind}"
+        else:
+            for i in range(start, end):
+                tags[i] = f"I-{kind}"
+            if scheme == "bio" or (prev_end == start and prev_type == kind):
+                tags[start] = f"B-{kind}"
+        prev_end, prev_type = end, kind
+    return tags
+
+
+def convert(tags: Sequence[str], src: str, dst: str) -> list[str]:
+    """Re-encode one sentence's tags from scheme ``src`` to ``dst`` (``none`` -> ``none`` only)."""
+    if src == dst:
+        if src not in SCHEMES:
+            _check_scheme(src)
+        return list(tags)
+    if "none" in (src, dst):
+        raise DataError(f"cannot convert tags between {src!r} and {dst!r}; scheme 'none' has no spans")
+    return from_spans(spans(tags, src), len(tags), dst)
+
+
+def invalid_tags(tags: Sequence[str], scheme: str) -> list[str]:
+    """Distinct tags that are not ``O`` or ``P-TYPE`` with a prefix allowed in ``scheme``."""
+    if scheme == "none":
+        return []
+    _check_scheme(scheme)
+    allowed = PREFIXES[scheme]
+    bad = []
+    for tag in dict.fromkeys(tags):
+        if tag == "O":
+            continue
+        prefix, kind = split_tag(tag)
+        if prefix not in allowed or len(prefix) != 1 or not kind:
+            bad.append(tag)
+    return bad
