@@ -1,0 +1,12 @@
+"""Keras-like layers over the ops backends: NumPy arrays in and out on the CPU.
+
+    y, backprop = layer.forward(x, mask=None, train=True); dx = backprop(dy)
+    layer(x, mask=None) -> inference output
+    get_weights() / set_weights() in Keras layouts
+"""
+from .base import Layer, mask_to_spans
+from .core import Dense, Dropout, Embedding
+from .recurrent import LSTM, Bidirectional
+from .sequential import Sequential
+
+__all__ = ["Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "Sequential", "mask_to_spans"]

@@ -1,0 +1,219 @@
+"""LSTM and Bidirectional with Keras semantics over the ops backends.
+
+Legend: B batch, T timesteps, I input features, H units, G = 4H.
+Weights (Keras layout): kernel (I, G), recurrent_kernel (H, G), bias (G,); gate order
+i, f, c, o; glorot-uniform kernel, orthogonal recurrent kernel, forget-gate bias 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tagger.errors import TaggerError
+from tagger.ops.reference import MERGE_MODES
+
+from .base import Layer, glorot_uniform, mask_to_spans, orthogonal
+
+
+class LSTM(Layer):
+    """Long short-term memory over (B, T, I) input, padding- and mask-aware.
+
+    return_sequences=True -> (B, T, H), else the final state (B, H).
+    return_state=True -> [output, h, c] like Keras.
+    go_backwards=True reads each sequence from its last real token to its first. Unlike
+    Keras, which returns the reversed sequence, the outputs are aligned with the input
+    time steps: y[:, t] is the state after reading x[:, t] (so a Bidirectional merge needs
+    no flip, and padded steps stay where the padding is).
+    dropout: on the inputs, recurrent_dropout: on h before the recurrent kernel; each is
+    one mask per sequence, shared by all time steps (Keras' behaviour).
+    The final state is the state at the last real token (forward) or after the first
+    token (go_backwards), whatever the padding side.
+    """
+
+    def __init__(
+        self,
+        units,
+        return_sequences=False,
+        return_state=False,
+        go_backwards=False,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        unit_forget_bias=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for what, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise TaggerError(f"LSTM {what} must be in [0, 1), got {rate}")
+        self.units = int(units)
+        self.return_sequences = return_sequences
+        self.return_state = return_state
+        self.go_backwards = go_backwards
+        self.dropout = float(dropout)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.unit_forget_bias = unit_forget_bias
+
+    def build(self, input_shape):
+        I, H = input_shape[-1], self.units
+        if I is None:
+            raise TaggerError(f"layer {self.name!r} needs the feature size of its input")
+        self.add_weight("kernel", glorot_uniform(self.rng, (I, 4 * H)))
+        self.add_weight("recurrent_kernel", orthogonal(self.rng, (H, 4 * H)))
+        bias = np.zeros(4 * H)
+        if self.unit_forget_bias:
+            bias[H : 2 * H] = 1.0
+        self.add_weight("bias", bias)
+
+    def compute_output_shape(self, input_shape):
+        B, T = input_shape[0], input_shape[1]
+        out = (B, T, self.units) if self.return_sequences else (B, self.units)
+        if self.return_state:
+            return [out, (B, self.units), (B, self.units)]
+        return out
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences else None
+
+    def forward(self, x, mask=None, train=True):
+        self.check_input(x, (3,), "input of shape (batch, timesteps, features)")
+        self.ensure_built(tuple(x.shape))
+        B, T, I = x.shape
+        if I != self.params[0].shape[0]:
+            raise TaggerError(f"layer {self.name!r} expects {self.params[0].shape[0]} features, got {I}")
+        ops = self.ops
+        starts, lengths = mask_to_spans(mask, B, T)
+        in_mask = rec_mask = None
+        if train and self.dropout > 0:
+            in_mask = ops.dropout_mask((B, I), self.dropout, self.next_seed(), self.dtype)
+        if train and self.recurrent_dropout > 0:
+            rec_mask = ops.dropout_mask((B, self.units), self.recurrent_dropout, self.next_seed(), self.dtype)
+        kernel, recurrent, bias = self.params
+        Y, h, c, cache = ops.lstm_forward(
+            x, kernel, recurrent, bias, starts, lengths, self.go_backwards, in_mask, rec_mask
+        )
+        out = Y if self.return_sequences else h
+
+        def backprop(dy):
+            if self.return_state:
+                dout, dh, dc = dy
+            else:
+                dout, dh, dc = dy, None, None
+            if self.return_sequences:
+                dY = dout
+            else:
+                dY = None
+                if dout is not None:
+                    dh = dout if dh is None else _add(ops, dh, dout)
+            return ops.lstm_backward(cache, dY, dh, dc, *self.grads)
+
+        return ([out, h, c] if self.return_state else out), backprop
+
+
+def _add(ops, a, b):
+    return ops.merge_forward(a, b, "sum")
+
+
+class Bidirectional(Layer):
+    """Runs `layer` forward and a go_backwards copy of it, merging their outputs step by step.
+
+    merge_mode: 'concat' (default, output width 2H), 'sum', 'ave' or 'mul' (width H).
+    Weights: the forward layer's three arrays, then the backward layer's (Keras order).
+    return_state=True -> [output, h_fw, c_fw, h_bw, c_bw] like Keras.
+    """
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
+        if not isinstance(layer, LSTM):
+            raise TaggerError("Bidirectional wraps an LSTM layer")
+        if merge_mode not in MERGE_MODES:
+            raise TaggerError(f"unknown merge_mode {merge_mode!r}; choose one of {', '.join(MERGE_MODES)}")
+        kwargs.setdefault("ops", layer._ops)
+        kwargs.setdefault("dtype", layer.dtype)
+        kwargs.setdefault("seed", layer.seed)
+        super().__init__(**kwargs)
+        self.merge_mode = merge_mode
+        self.forward_layer = layer
+        if backward_layer is None:
+            backward_layer = LSTM(
+                layer.units,
+                return_sequences=layer.return_sequences,
+                return_state=layer.return_state,
+                go_backwards=not layer.go_backwards,
+                dropout=layer.dropout,
+                recurrent_dropout=layer.recurrent_dropout,
+                unit_forget_bias=layer.unit_forget_bias,
+                name=layer.name,
+                trainable=layer.trainable,
+                ops=layer._ops,
+                dtype=layer.dtype,
+            )
+        backward_layer.ops = layer.ops = self._ops
+        self.backward_layer = backward_layer
+        layer.name = f"forward_{layer.name}"
+        backward_layer.name = f"backward_{backward_layer.name}"
+        self.return_sequences = layer.return_sequences
+        self.return_state = layer.return_state
+
+    def sublayers(self):
+        return [self.forward_layer, self.backward_layer]
+
+    def build(self, input_shape):
+        # distinct seeds, so the two directions do not start from the same weights
+        base = 0 if self.seed is None else int(self.seed)
+        self.forward_layer.seed = base * 2 + 1 if self.seed is not None else None
+        self.backward_layer.seed = base * 2 + 2 if self.seed is not None else None
+        self.forward_layer.ensure_built(input_shape)
+        self.backward_layer.ensure_built(input_shape)
+        self.params = self.forward_layer.params + self.backward_layer.params
+        self.grads = self.forward_layer.grads + self.backward_layer.grads
+        self.param_names = [f"forward_{n}" for n in self.forward_layer.param_names] + [
+            f"backward_{n}" for n in self.backward_layer.param_names
+        ]
+        self.grad_rows = [None] * len(self.params)
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        n = len(self.forward_layer.params)
+        if len(weights) != 2 * n:
+            raise TaggerError(f"layer {self.name!r} expects {2 * n} weight arrays, got {len(weights)}")
+        self.forward_layer.set_weights(weights[:n])
+        self.backward_layer.set_weights(weights[n:])
+        self.params = self.forward_layer.params + self.backward_layer.params
+
+    def compute_output_shape(self, input_shape):
+        fw = self.forward_layer.compute_output_shape(input_shape)
+        out = fw[0] if self.return_state else fw
+        if self.merge_mode == "concat":
+            out = tuple(out[:-1]) + (2 * out[-1],)
+        if self.return_state:
+            st = fw[1]
+            return [out, st, st, st, st]
+        return out
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences else None
+
+    def forward(self, x, mask=None, train=True):
+        self.ensure_built(tuple(x.shape))
+        ops = self.ops
+        yf, back_f = self.forward_layer.forward(x, mask, train)
+        yb, back_b = self.backward_layer.forward(x, mask, train)
+        of = yf[0] if self.return_state else yf
+        ob = yb[0] if self.return_state else yb
+        out = ops.merge_forward(of, ob, self.merge_mode)
+
+        def backprop(dy):
+            if self.return_state:
+                dout, dhf, dcf, dhb, dcb = dy
+            else:
+                dout = dy
+            dof, dob = ops.merge_backward(dout, of, ob, self.merge_mode)
+            if self.return_state:
+                dxf = back_f([dof, dhf, dcf])
+                dxb = back_b([dob, dhb, dcb])
+            else:
+                dxf = back_f(dof)
+                dxb = back_b(dob)
+            return _add(ops, dxf, dxb)
+
+        if self.return_state:
+            return [out, yf[1], yf[2], yb[1], yb[2]], backprop
+        return out, backprop
