@@ -1,0 +1,858 @@
+"""Numba CPU backend: the reference semantics, fast.
+
+Legend, shapes and the one masking rule: see tagger/ops/reference.py (shared by every
+backend). Additional notation used here:
+
+    order   (B,) int64   rows sorted by length, longest first (stable); "sorted row k"
+                         is original row order[k]
+    n_s                  rows still running at step s (a prefix of the sorted rows)
+    off_s                sum of n_s' for s' < s: where step s starts in a packed array
+    N                    sum(lengths): real tokens
+    packed  (N, .)       row off_s + k holds sorted row k at its step s ("step-major",
+                         like torch's PackedSequence), so every step is a contiguous block
+
+The LSTM (DESIGN.md, "The LSTM, the heart of it"):
+    forward   Xp = pack(X * in_mask)                           (N, I)
+              Z  = Xp @ W                                      (N, G)   one large GEMM
+              per step s:  R = Hprev_s @ U                     (n_s, G) NumPy matmul, out=
+                           gates, c, h  (one fused njit call; writes activations into Z
+                           in place, h into Y and into Hprev_{s+1} (times rec_mask))
+    backward  per step s (last to first):
+                           dz_s from dh, dc and the stored activations (one njit call)
+                           dh_prev = dz_s @ U^T                (n_s, H) the only per-step GEMM
+              dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
+              three large GEMMs after the time loop.
+
+Transcendentals: float32 kernels use a branch-free Cephes-style exp (pure arithmetic, so
+LLVM vectorises the gate loops; libm's expf/tanhf are not vectorised without SVML) with
+sigmoid and tanh built on exp(-|x|), which cannot overflow. float64 kernels use libm
+(they serve the gradient checks; accuracy first). No kernel uses fastmath: the gate
+loops vectorise without it (no reductions across lanes), so there is nothing to gain.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from tagger.ops import reference as _ref
+
+GATES = 4
+
+# Non-LSTM ops where NumPy is already optimal, and the seeded dropout hash (cheap, small
+# shapes): the reference functions themselves, so semantics cannot drift.
+merge_forward = _ref.merge_forward
+merge_backward = _ref.merge_backward
+dropout_mask = _ref.dropout_mask
+mul = _ref.mul
+
+
+# ----------------------------------------------------------------------------------------
+# Elementwise math. Plain-Python versions (used when kernels run uncompiled) plus Numba
+# overloads chosen by dtype.
+
+
+@intrinsic
+def _i32_as_f32(typingctx, x):
+    """Reinterpret the bits of an int32 as a float32 (free; vectorisable)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+_F32_LOG2E = np.float32(1.44269504088896341)
+_F32_C1 = np.float32(0.693359375)
+_F32_C2 = np.float32(-2.12194440e-4)
+_F32_P0 = np.float32(1.9875691500e-4)
+_F32_P1 = np.float32(1.3981999507e-3)
+_F32_P2 = np.float32(8.3334519073e-3)
+_F32_P3 = np.float32(4.1665795894e-2)
+_F32_P4 = np.float32(1.6666665459e-1)
+_F32_P5 = np.float32(5.0000001201e-1)
+_F32_ONE = np.float32(1.0)
+_F32_HALF = np.float32(0.5)
+_F32_LO = np.float32(-87.0)
+
+
+def _expneg(x):
+    """exp(x) for x <= 0 (results below ~1e-38 flush towards tiny values, never inf)."""
+    return math.exp(x)
+
+
+@overload(_expneg)
+def _expneg_impl(x):
+    if x == types.float32:
+
+        def impl(x):
+            # Cephes expf: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
+            # 2^n from the exponent bits. Max error ~2 ulp on [-87, 0].
+            x = max(x, _F32_LO)
+            n = np.floor(x * _F32_LOG2E + _F32_HALF)
+            r = x - n * _F32_C1 - n * _F32_C2
+            z = r * r
+            p = ((((_F32_P0 * r + _F32_P1) * r + _F32_P2) * r + _F32_P3) * r + _F32_P4) * r + _F32_P5
+            p = p * z + r + _F32_ONE
+            return p * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+        return impl
+    return lambda x: math.exp(x)
+
+
+def _sigmoid(x):
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@overload(_sigmoid)
+def _sigmoid_impl(x):
+    if x == types.float32:
+
+        def impl(x):
+            e = _expneg(-abs(x))
+            q = _F32_ONE / (_F32_ONE + e)
+            return q if x >= 0 else e * q
+
+        return impl
+
+    def impl64(x):
+        if x >= 0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)
+
+    return impl64
+
+
+def _tanh(x):
+    return math.tanh(x)
+
+
+@overload(_tanh)
+def _tanh_impl(x):
+    if x == types.float32:
+
+        def impl(x):
+            e = _expneg(np.float32(-2.0) * abs(x))
+            q = (_F32_ONE - e) / (_F32_ONE + e)
+            return q if x >= 0 else -q
+
+        return impl
+    return lambda x: math.tanh(x)
+
+
+# ----------------------------------------------------------------------------------------
+# LSTM kernels
+
+
+@njit(cache=True, nogil=True)
+def _pack_rows(X, in_mask, has_in_mask, order, starts, lengths, offsets, counts, reverse, Xp):
+    """Xp[off_s + k] = X[order[k], t] * in_mask[order[k]]  for every real step."""
+    I = X.shape[2]
+    for s in range(counts.shape[0] - 1):
+        off = offsets[s]
+        for k in range(counts[s]):
+            r = order[k]
+            t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
+            if has_in_mask:
+                for j in range(I):
+                    Xp[off + k, j] = X[r, t, j] * in_mask[r, j]
+            else:
+                for j in range(I):
+                    Xp[off + k, j] = X[r, t, j]
+
+
+@njit(cache=True, nogil=True)
+def _unpack_rows(dXp, in_mask, has_in_mask, order, starts, lengths, offsets, counts, reverse, dX):
+    """Inverse of _pack_rows: dX[order[k], t] = dXp[off_s + k] * in_mask[order[k]]."""
+    I = dX.shape[2]
+    for s in range(counts.shape[0] - 1):
+        off = offsets[s]
+        for k in range(counts[s]):
+            r = order[k]
+            t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
+            if has_in_mask:
+                for j in range(I):
+                    dX[r, t, j] = dXp[off + k, j] * in_mask[r, j]
+            else:
+                for j in range(I):
+                    dX[r, t, j] = dXp[off + k, j]
+
+
+@njit(cache=True, nogil=True)
+def _lstm_fwd_step(s, offsets, counts, Z, R, use_R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+    """One step of the recurrence for the n_s running rows (fused gate arithmetic).
+
+    Z (N, G): pre-activations x W on entry, gate activations i, f, g, o on exit (rows of
+    step s). R (>=n_s, G): h_prev @ U (ignored when not use_R, i.e. at s = 0).
+    Writes c and tanh(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
+    step s + 1 for the rows that continue, or h, c to h_last, c_last for rows that end.
+    """
+    H = Cp.shape[1]
+    n = counts[s]
+    n_next = counts[s + 1]
+    off = offsets[s]
+    off_next = offsets[s + 1]
+    off_prev = offsets[s - 1] if s > 0 else 0
+    zero = Z.dtype.type(0)
+    for k in range(n):
+        r = order[k]
+        t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
+        row = off + k
+        for j in range(H):
+            zi = Z[row, j] + b[j]
+            zf = Z[row, H + j] + b[H + j]
+            zg = Z[row, 2 * H + j] + b[2 * H + j]
+            zo = Z[row, 3 * H + j] + b[3 * H + j]
+            if use_R:
+                zi += R[k, j]
+                zf += R[k, H + j]
+                zg += R[k, 2 * H + j]
+                zo += R[k, 3 * H + j]
+            i = _sigmoid(zi)
+            f = _sigmoid(zf)
+            g = _tanh(zg)
+            o = _sigmoid(zo)
+            c_prev = Cp[off_prev + k, j] if s > 0 else zero
+            c = f * c_prev + i * g
+            tc = _tanh(c)
+            h = o * tc
+            Z[row, j] = i
+            Z[row, H + j] = f
+            Z[row, 2 * H + j] = g
+            Z[row, 3 * H + j] = o
+            Cp[row, j] = c
+            TCp[row, j] = tc
+            Y[r, t, j] = h
+            if k < n_next:
+                Hprev[off_next + k, j] = h * rec_mask[r, j] if has_rec_mask else h
+            else:
+                h_last[r, j] = h
+                c_last[r, j] = c
+
+
+@njit(cache=True, nogil=True)
+def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc, dZ, db,
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+    """Backward of one step (numbered as in the reference's lstm_backward).
+
+    dHm (>=n_{s+1}, H): dz_{s+1} @ U^T of the rows that continued to step s + 1 (before the
+    rec_mask scale); rows that end at s take dh_last instead. dc (B, H), sorted rows: the
+    carried cell gradient (dc_last on entry), updated in place to dc_prev. Writes dz to dZ
+    rows of step s and accumulates db.
+    """
+    H = Cp.shape[1]
+    n = counts[s]
+    n_next = counts[s + 1]
+    off = offsets[s]
+    off_prev = offsets[s - 1] if s > 0 else 0
+    one = A.dtype.type(1)
+    zero = A.dtype.type(0)
+    for k in range(n):
+        r = order[k]
+        t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
+        row = off + k
+        for j in range(H):
+            # 2. h = o * tanh(c)
+            if k < n_next:
+                dh = dHm[k, j] * rec_mask[r, j] if has_rec_mask else dHm[k, j]
+            else:
+                dh = dh_last[r, j]
+            if has_dY:
+                dh += dY[r, t, j]
+            i = A[row, j]
+            f = A[row, H + j]
+            g = A[row, 2 * H + j]
+            o = A[row, 3 * H + j]
+            tc = TCp[row, j]
+            do = dh * tc
+            dcj = dc[k, j] + dh * o * (one - tc * tc)
+            # 3. c = f * c_prev + i * g
+            c_prev = Cp[off_prev + k, j] if s > 0 else zero
+            di = dcj * g
+            dg = dcj * i
+            df = dcj * c_prev
+            dc[k, j] = dcj * f
+            # 4. gate nonlinearities
+            dzi = di * i * (one - i)
+            dzf = df * f * (one - f)
+            dzg = dg * (one - g * g)
+            dzo = do * o * (one - o)
+            dZ[row, j] = dzi
+            dZ[row, H + j] = dzf
+            dZ[row, 2 * H + j] = dzg
+            dZ[row, 3 * H + j] = dzo
+            db[j] += dzi
+            db[H + j] += dzf
+            db[2 * H + j] += dzg
+            db[3 * H + j] += dzo
+
+
+@dataclass
+class LSTMCache:
+    """What lstm_backward needs from lstm_forward (opaque to layers)."""
+
+    Xp: np.ndarray  # (N, I) packed input after in_mask
+    W: np.ndarray  # (I, G)
+    UT: np.ndarray  # (G, H) recurrent kernel, transposed and contiguous
+    A: np.ndarray  # (N, G) gate activations i, f, g, o
+    Cp: np.ndarray  # (N, H) cell state after each step
+    TCp: np.ndarray  # (N, H) tanh of it
+    Hprev: np.ndarray  # (N, H) h before each step, times rec_mask (0 at step 0)
+    order: np.ndarray  # (B,) int64 rows longest first
+    starts: np.ndarray  # (B,) int64
+    lengths: np.ndarray  # (B,) int64
+    offsets: np.ndarray  # (S + 1,) int64
+    counts: np.ndarray  # (S + 1,) int64, counts[S] = 0
+    reverse: bool
+    in_mask: np.ndarray  # (B, I) or (1, 1) placeholder
+    has_in_mask: bool
+    rec_mask: np.ndarray  # (B, H) or (1, 1) placeholder
+    has_rec_mask: bool
+    shape: tuple  # (B, T, I)
+
+
+_PLACEHOLDER = {}
+
+
+def _placeholder(dtype):
+    """A (1, 1) array standing in for an absent mask (keeps one kernel specialisation)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _PLACEHOLDER:
+        _PLACEHOLDER[dtype] = np.zeros((1, 1), dtype=dtype)
+    return _PLACEHOLDER[dtype]
+
+
+def _schedule(starts, lengths, B):
+    """order (rows longest first), counts n_s (with a trailing 0), offsets off_s."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64).reshape(B)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64).reshape(B)
+    order = np.argsort(-lengths, kind="stable").astype(np.int64)
+    S = int(lengths.max()) if B else 0
+    hist = np.bincount(lengths, minlength=S + 1)
+    counts = np.empty(S + 1, dtype=np.int64)
+    counts[:S] = B - np.cumsum(hist)[:S]
+    counts[S] = 0
+    offsets = np.zeros(S + 2, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return starts, lengths, order, counts, offsets, S
+
+
+def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
+    """One LSTM direction over a padded batch (rows in any order, any padding side).
+
+    X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
+    in_mask (B, I) or None, rec_mask (B, H) or None.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
+    """
+    X = np.ascontiguousarray(X)
+    dt = X.dtype
+    B, T, I = X.shape
+    H = U.shape[0]
+    G = GATES * H
+    W = np.ascontiguousarray(W, dtype=dt)
+    U = np.ascontiguousarray(U, dtype=dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    starts, lengths, order, counts, offsets, S = _schedule(starts, lengths, B)
+    N = int(offsets[S])
+    reverse = bool(reverse)
+    has_in = in_mask is not None
+    has_rec = rec_mask is not None
+    in_m = np.ascontiguousarray(in_mask, dtype=dt) if has_in else _placeholder(dt)
+    rec_m = np.ascontiguousarray(rec_mask, dtype=dt) if has_rec else _placeholder(dt)
+
+    Xp = np.empty((N, I), dtype=dt)
+    _pack_rows(X, in_m, has_in, order, starts, lengths, offsets, counts, reverse, Xp)
+    Z = np.matmul(Xp, W)  # (N, G) the one large input GEMM
+    Cp = np.empty((N, H), dtype=dt)
+    TCp = np.empty((N, H), dtype=dt)
+    Hprev = np.empty((N, H), dtype=dt)
+    Hprev[: counts[0] if S else 0] = 0
+    Y = np.zeros((B, T, H), dtype=dt)
+    h_last = np.zeros((B, H), dtype=dt)
+    c_last = np.zeros((B, H), dtype=dt)
+    R = np.empty((B, G), dtype=dt)
+    for s in range(S):
+        n = counts[s]
+        if s > 0:
+            off = offsets[s]
+            np.matmul(Hprev[off : off + n], U, out=R[:n])
+        _lstm_fwd_step(s, offsets, counts, Z, R, s > 0, b, Cp, TCp, Hprev, Y, h_last, c_last,
+                       order, starts, lengths, reverse, rec_m, has_rec)
+    cache = LSTMCache(Xp, W, np.ascontiguousarray(U.T), Z, Cp, TCp, Hprev, order, starts, lengths,
+                      offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
+    return Y, h_last, c_last, cache
+
+
+def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
+    """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
+
+    Accumulates into dW (I, G), dU (H, G), db (G,); returns dX (B, T, I).
+    Gradients arriving at padded positions of dY are ignored.
+    """
+    c = cache
+    B, T, I = c.shape
+    dt = c.Xp.dtype
+    H = c.Cp.shape[1]
+    G = GATES * H
+    S = c.counts.shape[0] - 1
+    N = c.Xp.shape[0]
+    has_dY = dY is not None
+    dY = np.ascontiguousarray(dY, dtype=dt) if has_dY else np.zeros((1, 1, 1), dtype=dt)
+    dhl = np.ascontiguousarray(dh_last, dtype=dt) if dh_last is not None else np.zeros((B, H), dtype=dt)
+    dcs = (
+        np.ascontiguousarray(np.asarray(dc_last, dtype=dt)[c.order])
+        if dc_last is not None
+        else np.zeros((B, H), dtype=dt)
+    )
+    dZ = np.empty((N, G), dtype=dt)
+    dHm = np.empty((B, H), dtype=dt)
+    db_acc = np.zeros(G, dtype=dt)
+    for s in range(S - 1, -1, -1):
+        _lstm_bwd_step(s, c.offsets, c.counts, c.A, c.Cp, c.TCp, dY, has_dY, dHm, dhl, dcs, dZ, db_acc,
+                       c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask)
+        if s > 0:
+            n = c.counts[s]
+            off = c.offsets[s]
+            np.matmul(dZ[off : off + n], c.UT, out=dHm[:n])
+    # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
+    db += db_acc
+    dX = np.zeros((B, T, I), dtype=dt)
+    if N:
+        dW += c.Xp.T @ dZ
+        n0 = c.counts[0]
+        if N > n0:
+            dU += c.Hprev[n0:].T @ dZ[n0:]
+        dXp = dZ @ c.W.T
+        _unpack_rows(dXp, c.in_mask, c.has_in_mask, c.order, c.starts, c.lengths, c.offsets, c.counts,
+                     c.reverse, dX)
+    return dX
+
+
+# ----------------------------------------------------------------------------------------
+# Both directions at once (optional helper for Bidirectional layers)
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tagger-lstm")
+        return _POOL
+
+
+def num_threads():
+    """Threads the CPU backend may use (NUMBA_NUM_THREADS, else the CPU count)."""
+    env = os.environ.get("NUMBA_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return os.cpu_count() or 1
+
+
+def lstm_forward_pair(args_fwd, args_bwd, threads=None):
+    """Run two independent lstm_forward calls, concurrently when threads >= 2.
+
+    args_fwd, args_bwd: tuples of lstm_forward's positional arguments.
+    Returns (result_fwd, result_bwd), each what lstm_forward returns.
+    """
+    threads = num_threads() if threads is None else threads
+    if threads < 2:
+        return lstm_forward(*args_fwd), lstm_forward(*args_bwd)
+    fut = _pool().submit(lstm_forward, *args_bwd)
+    first = lstm_forward(*args_fwd)
+    return first, fut.result()
+
+
+def lstm_backward_pair(args_fwd, args_bwd, threads=None):
+    """Run two independent lstm_backward calls, concurrently when threads >= 2.
+
+    Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db); the two must accumulate
+    into different gradient buffers. Returns (dX_fwd, dX_bwd).
+    """
+    threads = num_threads() if threads is None else threads
+    if threads < 2:
+        return lstm_backward(*args_fwd), lstm_backward(*args_bwd)
+    fut = _pool().submit(lstm_backward, *args_bwd)
+    first = lstm_backward(*args_fwd)
+    return first, fut.result()
+
+
+# ----------------------------------------------------------------------------------------
+# Embedding
+
+
+def embedding_forward(table, ids):
+    """table (V, E), ids (B, T) int -> (B, T, E). Every id is looked up (padding id 0 too)."""
+    return np.take(table, ids, axis=0)
+
+
+@njit(cache=True)
+def _embedding_scatter(dtable, dE, ids, mask, has_mask):
+    """dtable[ids[n]] += dE[n] where mask[n]; returns the sorted unique touched rows."""
+    E = dtable.shape[1]
+    sel = np.empty(ids.shape[0], dtype=np.int64)
+    m = 0
+    for n in range(ids.shape[0]):
+        if has_mask and not mask[n]:
+            continue
+        row = ids[n]
+        for j in range(E):
+            dtable[row, j] += dE[n, j]
+        sel[m] = row
+        m += 1
+    sel = np.sort(sel[:m])
+    out = np.empty(m, dtype=np.int64)
+    u = 0
+    for n in range(m):
+        if n == 0 or sel[n] != sel[n - 1]:
+            out[u] = sel[n]
+            u += 1
+    return out[:u].copy()
+
+
+def embedding_backward(dtable, dE, ids, mask=None):
+    """Scatter-add dE (B, T, E) into dtable (V, E) at ids where mask (B, T) is true.
+
+    Returns the sorted unique rows touched (int64), so sparse optimisers update only those.
+    """
+    E = dtable.shape[1]
+    ids1 = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    dE2 = np.ascontiguousarray(dE, dtype=dtable.dtype).reshape(-1, E)
+    has_mask = mask is not None
+    mask1 = np.ascontiguousarray(mask, dtype=np.bool_).reshape(-1) if has_mask else np.ones(1, dtype=np.bool_)
+    return _embedding_scatter(dtable, dE2, ids1, mask1, has_mask)
+
+
+# ----------------------------------------------------------------------------------------
+# Dense and activations
+
+
+def dense_forward(X, W, b):
+    """X (..., I) @ W (I, K) + b (K,) -> (..., K); 2-D and 3-D input alike."""
+    Y = np.matmul(X, W)
+    Y += b
+    return Y
+
+
+def dense_backward(dY, X, W, dW, db):
+    """Accumulates dW (I, K) and db (K,); returns dX shaped like X."""
+    I, K = W.shape
+    X2 = X.reshape(-1, I)
+    dY2 = dY.reshape(-1, K)
+    dW += X2.T @ dY2
+    db += dY2.sum(axis=0)
+    return (dY2 @ W.T).reshape(X.shape)
+
+
+@njit(cache=True)
+def _sigmoid_flat(x, out):
+    for n in range(x.shape[0]):
+        out[n] = _sigmoid(x[n])
+
+
+ACTIVATIONS = _ref.ACTIVATIONS
+
+
+def activation_forward(X, name):
+    if name == "sigmoid":
+        X = np.ascontiguousarray(X)
+        out = np.empty_like(X)
+        _sigmoid_flat(X.reshape(-1), out.reshape(-1))
+        return out
+    if name == "softmax":
+        return softmax(X)
+    return _ref.activation_forward(X, name)
+
+
+def activation_backward(dY, Y, name):
+    """Gradient through the activation, from its output Y."""
+    return _ref.activation_backward(dY, Y, name)
+
+
+# ----------------------------------------------------------------------------------------
+# Loss
+
+
+@njit(cache=True)
+def _softmax_rows(Z, P):
+    N, K = Z.shape
+    for n in range(N):
+        mx = Z[n, 0]
+        for k in range(1, K):
+            mx = max(mx, Z[n, k])
+        tot = Z.dtype.type(0)
+        for k in range(K):
+            e = math.exp(Z[n, k] - mx)
+            P[n, k] = e
+            tot += e
+        for k in range(K):
+            P[n, k] /= tot
+
+
+def softmax(logits):
+    K = logits.shape[-1]
+    Z = np.ascontiguousarray(logits)
+    P = np.empty_like(Z)
+    _softmax_rows(Z.reshape(-1, K), P.reshape(-1, K))
+    return P
+
+
+@njit(cache=True)
+def _softmax_xent_rows(Z, y, mask, has_mask, tiny, D):
+    """D = (softmax(Z) - onehot(y)) * mask / n; returns the mean loss (float64)."""
+    N, K = Z.shape
+    n_count = 0
+    for n in range(N):
+        if not has_mask or mask[n]:
+            n_count += 1
+    scale = 1.0 / max(n_count, 1)
+    loss = 0.0
+    for n in range(N):
+        if has_mask and not mask[n]:
+            for k in range(K):
+                D[n, k] = 0
+            continue
+        mx = Z[n, 0]
+        for k in range(1, K):
+            mx = max(mx, Z[n, k])
+        tot = Z.dtype.type(0)
+        for k in range(K):
+            e = math.exp(Z[n, k] - mx)
+            D[n, k] = e
+            tot += e
+        for k in range(K):
+            D[n, k] /= tot
+        loss -= math.log(max(D[n, y[n]], tiny))
+        D[n, y[n]] -= 1
+        for k in range(K):
+            D[n, k] *= scale
+    return loss * scale
+
+
+def softmax_xent(logits, labels, mask=None):
+    """Mean softmax cross-entropy over the counted items (see reference.softmax_xent).
+
+    Returns (loss, dlogits), dlogits exactly 0 at masked items.
+    """
+    K = logits.shape[-1]
+    Z = np.ascontiguousarray(logits)
+    y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+    has_mask = mask is not None
+    m = np.ascontiguousarray(mask, dtype=np.bool_).reshape(-1) if has_mask else np.ones(1, dtype=np.bool_)
+    D = np.empty_like(Z)
+    loss = _softmax_xent_rows(Z.reshape(-1, K), y, m, has_mask, np.finfo(Z.dtype).tiny, D.reshape(-1, K))
+    return float(loss), D
+
+
+# ----------------------------------------------------------------------------------------
+# Optimiser updates (in place). `rows`: update only these rows of a 2-D parameter (lazy).
+
+
+@njit(cache=True)
+def _adam_rows(P, G, M, V, rows, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    """AdamW on rows of 2-D views P, G, M, V (rows = arange for a dense update)."""
+    D = P.shape[1]
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        for j in range(D):
+            g = G[r, j]
+            m = beta1 * M[r, j] + (1 - beta1) * g
+            v = beta2 * V[r, j] + (1 - beta2) * g * g
+            M[r, j] = m
+            V[r, j] = v
+            p = P[r, j]
+            P[r, j] = p - lr * ((m / bc1) / (math.sqrt(v / bc2) + eps) + weight_decay * p)
+
+
+@njit(cache=True)
+def _adam_flat(P, G, M, V, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    for n in range(P.shape[0]):
+        g = G[n]
+        m = beta1 * M[n] + (1 - beta1) * g
+        v = beta2 * V[n] + (1 - beta2) * g * g
+        M[n] = m
+        V[n] = v
+        p = P[n]
+        P[n] = p - lr * ((m / bc1) / (math.sqrt(v / bc2) + eps) + weight_decay * p)
+
+
+def _flat(a):
+    """1-D view of a C-contiguous array (the optimiser state is always contiguous)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("optimiser arrays must be C-contiguous")
+    return a.reshape(-1)
+
+
+def _scalars(dtype, *values):
+    t = np.dtype(dtype).type
+    return tuple(t(v) for v in values)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, rows=None):
+    """AdamW: decoupled weight decay, bias-corrected moments; step counts from 1."""
+    sc = _scalars(param.dtype, lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step)
+    if rows is None:
+        _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
+    else:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        _adam_rows(param, grad, m, v, rows, *sc)
+
+
+@njit(cache=True)
+def _sgd_rows(P, G, Vel, rows, lr, momentum, weight_decay):
+    D = P.shape[1]
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        for j in range(D):
+            vel = momentum * Vel[r, j] + G[r, j]
+            Vel[r, j] = vel
+            p = P[r, j]
+            P[r, j] = p - lr * (vel + weight_decay * p)
+
+
+@njit(cache=True)
+def _sgd_flat(P, G, Vel, lr, momentum, weight_decay):
+    for n in range(P.shape[0]):
+        vel = momentum * Vel[n] + G[n]
+        Vel[n] = vel
+        p = P[n]
+        P[n] = p - lr * (vel + weight_decay * p)
+
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
+    """SGD with (heavy-ball) momentum and decoupled weight decay."""
+    sc = _scalars(param.dtype, lr, momentum, weight_decay)
+    if rows is None:
+        _sgd_flat(_flat(param), _flat(grad), _flat(velocity), *sc)
+    else:
+        _sgd_rows(param, grad, velocity, np.ascontiguousarray(rows, dtype=np.int64), *sc)
+
+
+@njit(cache=True)
+def _sumsq_rows(G, rows):
+    tot = 0.0
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        for j in range(G.shape[1]):
+            x = np.float64(G[r, j])
+            tot += x * x
+    return tot
+
+
+@njit(cache=True)
+def _sumsq_flat(G):
+    tot = 0.0
+    for n in range(G.shape[0]):
+        x = np.float64(G[n])
+        tot += x * x
+    return tot
+
+
+def sum_of_squares(grad, rows=None):
+    if rows is None:
+        return float(_sumsq_flat(np.ascontiguousarray(grad).reshape(-1)))
+    g = np.ascontiguousarray(grad)
+    return float(_sumsq_rows(g.reshape(g.shape[0], -1), np.ascontiguousarray(rows, dtype=np.int64)))
+
+
+def scale_(arr, factor, rows=None):
+    """In-place arr *= factor (on rows only, if given)."""
+    if rows is None:
+        arr *= factor
+    else:
+        arr[rows] *= factor
+
+
+def fill_(arr, value, rows=None):
+    """In-place fill (gradient zeroing; on rows only, if given)."""
+    if rows is None:
+        arr[...] = value
+    else:
+        arr[rows] = value
+
+
+# ----------------------------------------------------------------------------------------
+# Memory: host arrays on this backend
+
+asarray = _ref.asarray
+to_numpy = _ref.to_numpy
+zeros = _ref.zeros
+
+
+# ----------------------------------------------------------------------------------------
+# Compilation: cache state and warm-up
+
+
+def _dispatchers():
+    """Every njit dispatcher defined in this module."""
+    from numba.core.registry import CPUDispatcher
+
+    return {name: obj for name, obj in globals().items() if isinstance(obj, CPUDispatcher)}
+
+
+def compile_notice():
+    """True when the Numba cache for this module looks cold (first run: kernels will compile).
+
+    Checks, for every kernel, that its cache index file exists (in __pycache__ next to this
+    module, or under NUMBA_CACHE_DIR). A True answer means: print "compiling kernels
+    (first run only)..." before the first batch.
+    """
+    for disp in _dispatchers().values():
+        cache = getattr(disp, "_cache", None)
+        impl = getattr(cache, "_cache_file", None)
+        index = getattr(impl, "_index_path", None)
+        if index is None or not os.path.exists(index):
+            return True
+    return False
+
+
+def warmup(dtypes=(np.float32, np.float64)):
+    """Compile (or load from cache) every kernel for the given dtypes on tiny inputs."""
+    for dt in dtypes:
+        rng = np.random.default_rng(0)
+        B, T, I, H = 3, 4, 2, 2
+        X = rng.normal(size=(B, T, I)).astype(dt)
+        W = rng.normal(size=(I, 4 * H)).astype(dt)
+        U = rng.normal(size=(H, 4 * H)).astype(dt)
+        b = np.zeros(4 * H, dtype=dt)
+        lengths = np.array([2, 4, 0])
+        starts = np.zeros(3, dtype=np.int64)
+        for masks in (False, True):
+            im = np.ones((B, I), dtype=dt) if masks else None
+            rm = np.ones((B, H), dtype=dt) if masks else None
+            Y, h, cst, cache = lstm_forward(X, W, U, b, starts, lengths, masks, im, rm)
+            lstm_backward(cache, Y, h, cst, np.zeros_like(W), np.zeros_like(U), np.zeros_like(b))
+            lstm_backward(cache, None, None, None, np.zeros_like(W), np.zeros_like(U), np.zeros_like(b))
+        table = np.zeros((5, 2), dtype=dt)
+        ids = np.array([[1, 2], [3, 0]])
+        embedding_backward(table, np.ones((2, 2, 2), dtype=dt), ids, ids != 0)
+        embedding_backward(table, np.ones((2, 2, 2), dtype=dt), ids)
+        logits = np.zeros((2, 2, 3), dtype=dt)
+        softmax_xent(logits, np.zeros((2, 2), dtype=np.int64), ids != 0)
+        softmax_xent(logits, np.zeros((2, 2), dtype=np.int64))
+        activation_forward(logits, "sigmoid")
+        softmax(logits)
+        p, g = np.zeros((3, 2), dtype=dt), np.ones((3, 2), dtype=dt)
+        st = [np.zeros_like(p), np.zeros_like(p)]
+        rows = np.array([0, 2])
+        adam_update(p, g, st[0], st[1], 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+        adam_update(p, g, st[0], st[1], 0.1, 0.9, 0.999, 1e-8, 0.0, 1, rows=rows)
+        sgd_update(p, g, st[0], 0.1, 0.9, 0.0)
+        sgd_update(p, g, st[0], 0.1, 0.9, 0.0, rows=rows)
+        sum_of_squares(g)
+        sum_of_squares(g, rows)
