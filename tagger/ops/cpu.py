@@ -664,15 +664,15 @@ def softmax_xent(logits, labels, mask=None):
 
 
 @njit(cache=True)
-def _adam_rows(P, G, M, V, rows, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
-    """AdamW on rows of 2-D views P, G, M, V (rows = arange for a dense update)."""
+def _adam_rows(P, G, M, V, rows, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weight_decay, bc1, bc2):
+    """AdamW on the given rows of 2-D P, G, M, V. Scalars are float64 (folded in Python)."""
     D = P.shape[1]
     for q in range(rows.shape[0]):
         r = rows[q]
         for j in range(D):
             g = G[r, j]
-            m = beta1 * M[r, j] + (1 - beta1) * g
-            v = beta2 * V[r, j] + (1 - beta2) * g * g
+            m = beta1 * M[r, j] + one_m_beta1 * g
+            v = beta2 * V[r, j] + one_m_beta2 * g * g
             M[r, j] = m
             V[r, j] = v
             p = P[r, j]
@@ -680,11 +680,11 @@ def _adam_rows(P, G, M, V, rows, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
 
 
 @njit(cache=True)
-def _adam_flat(P, G, M, V, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+def _adam_flat(P, G, M, V, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weight_decay, bc1, bc2):
     for n in range(P.shape[0]):
         g = G[n]
-        m = beta1 * M[n] + (1 - beta1) * g
-        v = beta2 * V[n] + (1 - beta2) * g * g
+        m = beta1 * M[n] + one_m_beta1 * g
+        v = beta2 * V[n] + one_m_beta2 * g * g
         M[n] = m
         V[n] = v
         p = P[n]
@@ -698,19 +698,15 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def _scalars(dtype, *values):
-    t = np.dtype(dtype).type
-    return tuple(t(v) for v in values)
-
-
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, rows=None):
     """AdamW: decoupled weight decay, bias-corrected moments; step counts from 1."""
-    sc = _scalars(param.dtype, lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step)
+    # Scalars stay float64: rounding beta2 to float32 first would make 1 - beta2 wrong by 1e-5.
+    sc = tuple(float(x) for x in (lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
+                                  1 - beta1**step, 1 - beta2**step))
     if rows is None:
         _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
     else:
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
-        _adam_rows(param, grad, m, v, rows, *sc)
+        _adam_rows(param, grad, m, v, np.ascontiguousarray(rows, dtype=np.int64), *sc)
 
 
 @njit(cache=True)
@@ -736,7 +732,7 @@ def _sgd_flat(P, G, Vel, lr, momentum, weight_decay):
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     """SGD with (heavy-ball) momentum and decoupled weight decay."""
-    sc = _scalars(param.dtype, lr, momentum, weight_decay)
+    sc = (float(lr), float(momentum), float(weight_decay))
     if rows is None:
         _sgd_flat(_flat(param), _flat(grad), _flat(velocity), *sc)
     else:

@@ -1,0 +1,440 @@
+"""The Numba CPU backend against the NumPy reference and against finite differences."""
+import inspect
+
+import numpy as np
+import pytest
+from numba.core.caching import NullCache
+from numba.core.registry import CPUDispatcher
+
+from tagger.ops import OP_NAMES, cpu
+from tagger.ops import reference as ref
+from tests.gradcheck import assert_grad_close, numeric_grad
+
+TOL = {np.float64: 1e-10, np.float32: 1e-5}
+
+# Unsorted ragged batch (T = 6): a full-length row, length 1, length 0, and two in between.
+LENGTHS = np.array([3, 6, 1, 0, 4])
+T = 6
+
+
+def spans(padding, lengths=LENGTHS, T=T):
+    if padding == "post":
+        starts = np.zeros_like(lengths)
+    elif padding == "pre":
+        starts = T - lengths
+    else:  # "mixed": each row somewhere inside the padded span
+        starts = np.array([1, 0, 3, 2, 2])[: len(lengths)]
+        starts = np.minimum(starts, T - lengths)
+    return starts, lengths
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    scale = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0), 1e-30)
+    return np.abs(a - b).max(initial=0) / scale
+
+
+def lstm_case(dtype, seed=0, B=len(LENGTHS), I=3, H=4, T=T, scale=0.5):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(B, T, I)).astype(dtype)
+    W = rng.normal(scale=scale, size=(I, 4 * H)).astype(dtype)
+    U = rng.normal(scale=scale, size=(H, 4 * H)).astype(dtype)
+    b = rng.normal(scale=scale, size=(4 * H,)).astype(dtype)
+    RY = rng.normal(size=(B, T, H)).astype(dtype)
+    Rh = rng.normal(size=(B, H)).astype(dtype)
+    Rc = rng.normal(size=(B, H)).astype(dtype)
+    return X, W, U, b, RY, Rh, Rc
+
+
+def masks(dropout, dtype, B, I, H):
+    if not dropout:
+        return None, None
+    return (ref.dropout_mask((B, I), 0.3, seed=3, dtype=dtype), ref.dropout_mask((B, H), 0.3, seed=4, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------
+# Interface and compilation
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_signature_matches_reference(name):
+    assert inspect.signature(getattr(cpu, name)) == inspect.signature(getattr(ref, name))
+
+
+def test_every_kernel_is_cached():
+    """cache=True on every njit dispatcher: a second process compiles nothing."""
+    kernels = {n: o for n, o in vars(cpu).items() if isinstance(o, CPUDispatcher)}
+    assert len(kernels) >= 10  # the check must not be vacuous
+    for name, disp in kernels.items():
+        assert not isinstance(disp._cache, NullCache), f"{name} lacks cache=True"
+    assert set(kernels) == set(cpu._dispatchers())
+
+
+def test_warmup_then_cache_is_warm():
+    cpu.warmup()
+    assert cpu.compile_notice() is False
+
+
+# ----------------------------------------------------------------------------------------
+# LSTM against the reference
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padding", ["post", "pre", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_lstm_matches_reference(dtype, padding, reverse, dropout):
+    X, W, U, b, RY, Rh, Rc = lstm_case(dtype, seed=1)
+    starts, lengths = spans(padding)
+    B, _, I = X.shape
+    H = U.shape[0]
+    in_mask, rec_mask = masks(dropout, dtype, B, I, H)
+    want = ref.lstm_forward(X, W, U, b, starts, lengths, reverse, in_mask, rec_mask)
+    got = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse, in_mask, rec_mask)
+    for name, w, g in zip(("Y", "h_last", "c_last"), want[:3], got[:3]):
+        assert g.dtype == dtype and g.shape == w.shape
+        assert rel_err(w, g) < TOL[dtype], name
+    gw = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    gg = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    dXw = ref.lstm_backward(want[3], RY, Rh, Rc, *gw)
+    dXg = cpu.lstm_backward(got[3], RY, Rh, Rc, *gg)
+    assert dXg.dtype == dtype
+    for name, w, g in zip(("dX", "dW", "dU", "db"), [dXw] + gw, [dXg] + gg):
+        assert rel_err(w, g) < TOL[dtype], name
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lstm_backward_accumulates_and_takes_none(dtype):
+    X, W, U, b, RY, Rh, Rc = lstm_case(dtype, seed=2)
+    starts, lengths = spans("post")
+    cache_w = ref.lstm_forward(X, W, U, b, starts, lengths)[3]
+    cache_g = cpu.lstm_forward(X, W, U, b, starts, lengths)[3]
+    for dY, dh, dc in [(RY, None, None), (None, Rh, None), (None, None, Rc)]:
+        base = [np.full_like(W, 0.5), np.full_like(U, 0.5), np.full_like(b, 0.5)]
+        gw = [a.copy() for a in base]
+        gg = [a.copy() for a in base]
+        dXw = ref.lstm_backward(cache_w, dY, dh, dc, *gw)
+        dXg = cpu.lstm_backward(cache_g, dY, dh, dc, *gg)
+        for w, g in zip([dXw] + gw, [dXg] + gg):
+            assert rel_err(w, g) < TOL[dtype]
+    # the cache survives a backward pass: a second one gives the same answer
+    g1 = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    g2 = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    np.testing.assert_array_equal(cpu.lstm_backward(cache_g, RY, Rh, Rc, *g1), cpu.lstm_backward(cache_g, RY, Rh, Rc, *g2))
+
+
+def test_lstm_float32_saturated_gates_stay_finite():
+    X, W, U, b, RY, Rh, Rc = lstm_case(np.float32, seed=3, scale=60.0)
+    starts, lengths = spans("post")
+    Y, h, c, cache = cpu.lstm_forward(X, W, U, b, starts, lengths)
+    want = ref.lstm_forward(X, W, U, b, starts, lengths)
+    assert np.isfinite(Y).all() and np.isfinite(c).all()
+    assert rel_err(want[0], Y) < 1e-5 and rel_err(want[2], c) < 1e-5
+    dW = np.zeros_like(W)
+    dX = cpu.lstm_backward(cache, RY, Rh, Rc, dW, np.zeros_like(U), np.zeros_like(b))
+    assert np.isfinite(dX).all() and np.isfinite(dW).all()
+
+
+def test_lstm_bigger_unsorted_batch_float32():
+    """Shapes closer to real use (several GEMM rows per step, many distinct lengths)."""
+    rng = np.random.default_rng(4)
+    B, T, I, H = 19, 23, 10, 16
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[3] = T
+    starts = rng.integers(0, T - lengths + 1)
+    X, W, U, b, RY, Rh, Rc = lstm_case(np.float32, seed=5, B=B, I=I, H=H, T=T, scale=0.3)
+    for reverse in (False, True):
+        im, rm = masks(True, np.float32, B, I, H)
+        want = ref.lstm_forward(X, W, U, b, starts, lengths, reverse, im, rm)
+        got = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse, im, rm)
+        for w, g in zip(want[:3], got[:3]):
+            assert rel_err(w, g) < 1e-5
+        gw = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+        gg = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+        dXw = ref.lstm_backward(want[3], RY, Rh, Rc, *gw)
+        dXg = cpu.lstm_backward(got[3], RY, Rh, Rc, *gg)
+        for w, g in zip([dXw] + gw, [dXg] + gg):
+            assert rel_err(w, g) < 1e-5
+
+
+def test_lstm_empty_batch_and_all_zero_lengths():
+    X, W, U, b, *_ = lstm_case(np.float64, seed=6)
+    for lengths in (np.zeros(5, dtype=np.int64),):
+        Y, h, c, cache = cpu.lstm_forward(X, W, U, b, np.zeros(5), lengths)
+        assert not Y.any() and not h.any() and not c.any()
+        dW = np.zeros_like(W)
+        dX = cpu.lstm_backward(cache, np.ones_like(Y), None, None, dW, np.zeros_like(U), np.zeros_like(b))
+        assert not dX.any() and not dW.any()
+    Y, h, c, cache = cpu.lstm_forward(X[:0], W, U, b, [], [])
+    assert Y.shape == (0, T, 4) and h.shape == (0, 4)
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_padding_invariance(padding, reverse):
+    """Each sequence alone equals its row in the padded batch; padded outputs exactly 0."""
+    X, W, U, b, RY, *_ = lstm_case(np.float64, seed=7)
+    starts, lengths = spans(padding)
+    Y, h, c, cache = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse)
+    dX = cpu.lstm_backward(cache, RY, None, None, np.zeros_like(W), np.zeros_like(U), np.zeros_like(b))
+    for r, (s, n) in enumerate(zip(starts, lengths)):
+        alone = X[r : r + 1, s : s + n]
+        Ya, ha, ca, _ = cpu.lstm_forward(alone, W, U, b, [0], [n], reverse)
+        np.testing.assert_allclose(Y[r, s : s + n], Ya[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(h[r], ha[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(c[r], ca[0], rtol=1e-12, atol=1e-14)
+        pad = np.ones(X.shape[1], dtype=bool)
+        pad[s : s + n] = False
+        assert (Y[r, pad] == 0).all() and (dX[r, pad] == 0).all()
+        if n:
+            edge = s if reverse else s + n - 1
+            np.testing.assert_array_equal(h[r], Y[r, edge])
+        else:
+            assert not h[r].any() and not c[r].any()
+
+
+def test_lstm_pair_equals_two_calls():
+    X, W, U, b, RY, Rh, Rc = lstm_case(np.float32, seed=8)
+    starts, lengths = spans("post")
+    fwd = (X, W, U, b, starts, lengths, False)
+    bwd = (X, W * 0.5, U, b, starts, lengths, True)
+    for threads in (1, 2):
+        (Yf, hf, cf, kf), (Yb, hb, cb, kb) = cpu.lstm_forward_pair(fwd, bwd, threads=threads)
+        np.testing.assert_array_equal(Yf, cpu.lstm_forward(*fwd)[0])
+        np.testing.assert_array_equal(Yb, cpu.lstm_forward(*bwd)[0])
+        grads = [[np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)] for _ in range(2)]
+        dXf, dXb = cpu.lstm_backward_pair((kf, RY, Rh, Rc, *grads[0]), (kb, RY, None, None, *grads[1]), threads=threads)
+        solo = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+        np.testing.assert_array_equal(dXb, cpu.lstm_backward(kb, RY, None, None, *solo))
+        for a, s in zip(grads[1], solo):
+            np.testing.assert_array_equal(a, s)
+
+
+def test_uncompiled_kernels_agree(monkeypatch):
+    """The kernels' plain-Python bodies (py_func) give the same answer as the compiled ones."""
+    X, W, U, b, RY, Rh, Rc = lstm_case(np.float64, seed=9)
+    starts, lengths = spans("mixed")
+    im, rm = masks(True, np.float64, X.shape[0], X.shape[2], U.shape[0])
+    compiled = cpu.lstm_forward(X, W, U, b, starts, lengths, True, im, rm)
+    gc = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    dXc = cpu.lstm_backward(compiled[3], RY, Rh, Rc, *gc)
+    for name, disp in cpu._dispatchers().items():
+        monkeypatch.setattr(cpu, name, disp.py_func)
+    plain = cpu.lstm_forward(X, W, U, b, starts, lengths, True, im, rm)
+    gp = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+    dXp = cpu.lstm_backward(plain[3], RY, Rh, Rc, *gp)
+    for a, p in zip(list(compiled[:3]) + [dXc] + gc, list(plain[:3]) + [dXp] + gp):
+        assert rel_err(a, p) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------
+# float64 finite differences of every cpu backward
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_lstm_backward_finite_differences(padding, reverse, dropout):
+    X, W, U, b, RY, Rh, Rc = lstm_case(np.float64, seed=10, I=2, H=3)
+    starts, lengths = spans(padding)
+    B, _, I = X.shape
+    H = U.shape[0]
+    in_mask, rec_mask = masks(dropout, np.float64, B, I, H)
+
+    def loss():
+        Y, h, c, _ = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse, in_mask, rec_mask)
+        return float((Y * RY).sum() + (h * Rh).sum() + (c * Rc).sum())
+
+    cache = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse, in_mask, rec_mask)[3]
+    dW, dU, db = np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)
+    dX = cpu.lstm_backward(cache, RY, Rh, Rc, dW, dU, db)
+    for name, analytic, arr in [("dX", dX, X), ("dW", dW, W), ("dU", dU, U), ("db", db, b)]:
+        assert_grad_close(analytic, numeric_grad(loss, arr), name)
+
+
+def test_embedding_backward_finite_differences_and_touched_rows():
+    rng = np.random.default_rng(11)
+    table = rng.normal(size=(9, 3))
+    ids = np.array([[3, 1, 3, 0], [2, 0, 7, 0]])
+    mask = np.array([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=bool)
+    R = rng.normal(size=(2, 4, 3))
+
+    def loss():
+        return float((cpu.embedding_forward(table, ids) * R * mask[..., None]).sum())
+
+    np.testing.assert_array_equal(cpu.embedding_forward(table, ids), ref.embedding_forward(table, ids))
+    dtable = np.zeros_like(table)
+    rows = cpu.embedding_backward(dtable, R, ids, mask)
+    np.testing.assert_array_equal(rows, [0, 1, 2, 3, 7])
+    assert rows.dtype == np.int64
+    assert_grad_close(dtable, numeric_grad(loss, table), "dtable")
+    untouched = np.setdiff1d(np.arange(9), rows)
+    assert (dtable[untouched] == 0).all()
+    # against the reference, accumulating into a non-zero buffer, with and without mask
+    for m in (mask, None):
+        want, got = np.ones_like(table), np.ones_like(table)
+        np.testing.assert_array_equal(ref.embedding_backward(want, R, ids, m), cpu.embedding_backward(got, R, ids, m))
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid", "softmax"])
+def test_dense_backward_finite_differences(ndim, activation):
+    rng = np.random.default_rng(12)
+    shape = (3, 4) if ndim == 2 else (2, 3, 4)
+    X = rng.normal(size=shape)
+    W = rng.normal(size=(4, 5))
+    b = rng.normal(size=(5,))
+    R = rng.normal(size=shape[:-1] + (5,))
+
+    def loss():
+        return float((cpu.activation_forward(cpu.dense_forward(X, W, b), activation) * R).sum())
+
+    Y = cpu.activation_forward(cpu.dense_forward(X, W, b), activation)
+    assert rel_err(Y, ref.activation_forward(ref.dense_forward(X, W, b), activation)) < 1e-14
+    dW, db = np.zeros_like(W), np.zeros_like(b)
+    dX = cpu.dense_backward(cpu.activation_backward(R, Y, activation), X, W, dW, db)
+    for name, analytic, arr in [("dX", dX, X), ("dW", dW, W), ("db", db, b)]:
+        assert_grad_close(analytic, numeric_grad(loss, arr), name)
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "ave", "mul"])
+def test_merge_backward_finite_differences(mode):
+    rng = np.random.default_rng(13)
+    Yf, Yb = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    R = rng.normal(size=cpu.merge_forward(Yf, Yb, mode).shape)
+    dYf, dYb = cpu.merge_backward(R, Yf, Yb, mode)
+
+    def loss():
+        return float((cpu.merge_forward(Yf, Yb, mode) * R).sum())
+
+    assert_grad_close(dYf, numeric_grad(loss, Yf), "dYf")
+    assert_grad_close(dYb, numeric_grad(loss, Yb), "dYb")
+
+
+@pytest.mark.parametrize("per", ["token", "sequence", "token-nomask", "all-masked"])
+def test_softmax_xent(per):
+    rng = np.random.default_rng(14)
+    if per == "sequence":
+        logits = rng.normal(size=(3, 5))
+        labels = rng.integers(0, 5, size=(3,))
+        mask = None
+    else:
+        logits = rng.normal(size=(2, 4, 5)) * 3
+        labels = rng.integers(0, 5, size=(2, 4))
+        mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=bool)
+        if per == "token-nomask":
+            mask = None
+        if per == "all-masked":
+            mask = np.zeros((2, 4), dtype=bool)
+    loss, d = cpu.softmax_xent(logits, labels, mask)
+    want_loss, want_d = ref.softmax_xent(logits, labels, mask)
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(want_loss, rel=1e-12, abs=1e-300)
+    assert d.shape == logits.shape and rel_err(want_d, d) < 1e-12
+    if mask is not None:
+        assert (d[~mask] == 0).all()
+    if per != "all-masked":
+        assert_grad_close(d, numeric_grad(lambda: cpu.softmax_xent(logits, labels, mask)[0], logits), "dlogits")
+    # float32 in, float32 out
+    l32, d32 = cpu.softmax_xent(logits.astype(np.float32), labels, mask)
+    assert d32.dtype == np.float32 and abs(l32 - want_loss) <= 1e-5 * max(1.0, abs(want_loss))
+    np.testing.assert_allclose(cpu.softmax(logits), ref.softmax(logits), rtol=1e-13)
+
+
+def test_float32_sigmoid_approximation():
+    x = np.concatenate([np.linspace(-120, 120, 20001), [-1e4, 1e4, -np.inf, np.inf, 0.0, -0.0, 1e-8]])
+    x32 = x.astype(np.float32)
+    got = cpu.activation_forward(x32, "sigmoid")
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    want = ref.activation_forward(x32.astype(np.float64), "sigmoid")  # exact, on the same inputs
+    assert np.abs(got - want).max() < 2e-7
+    # relative accuracy deep into the tail; below ~1e-38 the float32 exp flushes to its floor
+    assert (np.abs(got - want) <= 4e-7 * want + 2e-38).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Optimiser updates and gradient utilities
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [None, np.array([1, 4, 5])])
+def test_adam_matches_reference_and_is_lazy(dtype, rows):
+    rng = np.random.default_rng(15)
+    p0 = rng.normal(size=(7, 3)).astype(dtype)
+    states = {}
+    for name, ops in (("ref", ref), ("cpu", cpu)):
+        p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        for step in (1, 2, 3):
+            g = np.random.default_rng(step).normal(size=p0.shape).astype(dtype)
+            ops.adam_update(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, 0.01, step, rows=rows)
+        states[name] = (p, m, v)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    for w, g in zip(states["ref"], states["cpu"]):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * 1e-3)
+    if rows is not None:
+        others = np.setdiff1d(np.arange(7), rows)
+        p, m, v = states["cpu"]
+        assert (p[others] == p0[others]).all() and not m[others].any() and not v[others].any()
+    # a 1-D parameter (a bias) takes the dense path
+    b = rng.normal(size=5).astype(dtype)
+    bw, bg = b.copy(), b.copy()
+    gb = rng.normal(size=5).astype(dtype)
+    ref.adam_update(bw, gb, np.zeros_like(b), np.zeros_like(b), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    cpu.adam_update(bg, gb, np.zeros_like(b), np.zeros_like(b), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    np.testing.assert_allclose(bg, bw, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [None, np.array([0, 2])])
+def test_sgd_matches_reference_and_is_lazy(dtype, rows):
+    rng = np.random.default_rng(16)
+    p0 = rng.normal(size=(4, 3)).astype(dtype)
+    out = {}
+    for name, ops in (("ref", ref), ("cpu", cpu)):
+        p, vel = p0.copy(), np.zeros_like(p0)
+        for step in range(3):
+            g = np.random.default_rng(step).normal(size=p0.shape).astype(dtype)
+            ops.sgd_update(p, g, vel, 0.1, 0.9, 0.01, rows=rows)
+        out[name] = (p, vel)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    for w, g in zip(out["ref"], out["cpu"]):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    if rows is not None:
+        p, vel = out["cpu"]
+        assert (p[[1, 3]] == p0[[1, 3]]).all() and not vel[[1, 3]].any()
+
+
+def test_lazy_update_touches_only_given_rows_of_a_large_table():
+    """The lazy path never reads or writes untouched rows: NaN there must stay NaN-free elsewhere."""
+    V, E = 2000, 8
+    p = np.zeros((V, E), dtype=np.float32)
+    g = np.full((V, E), np.nan, dtype=np.float32)  # untouched rows hold garbage
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    rows = np.array([5, 17, 1999])
+    g[rows] = 1.0
+    cpu.adam_update(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1, rows=rows)
+    assert np.isfinite(p).all() and np.isfinite(m).all()
+    np.testing.assert_allclose(p[rows], -0.1, rtol=1e-5)
+    assert not np.delete(p, rows, axis=0).any()
+
+
+def test_gradient_utilities():
+    rng = np.random.default_rng(17)
+    g = rng.normal(size=(6, 3)).astype(np.float32)
+    rows = np.array([0, 3])
+    assert cpu.sum_of_squares(g) == pytest.approx(ref.sum_of_squares(g), rel=1e-12)
+    assert cpu.sum_of_squares(g, rows) == pytest.approx(ref.sum_of_squares(g, rows), rel=1e-12)
+    assert cpu.sum_of_squares(g[0]) == pytest.approx(ref.sum_of_squares(g[0]), rel=1e-12)
+    for op, args in (("scale_", (0.5,)), ("fill_", (0.0,))):
+        for r in (None, rows):
+            a, b = g.copy(), g.copy()
+            getattr(ref, op)(a, *args, rows=r)
+            getattr(cpu, op)(b, *args, rows=r)
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(cpu.mul(g, g), ref.mul(g, g))
+    np.testing.assert_array_equal(cpu.dropout_mask((4, 5), 0.5, 3), ref.dropout_mask((4, 5), 0.5, 3))
+    z = cpu.zeros((2, 3))
+    assert z.dtype == np.float32 and not z.any()
+    assert cpu.to_numpy(cpu.asarray([1, 2], dtype=np.float64)).dtype == np.float64
