@@ -368,3 +368,20 @@ def read_examples(path: PathLike, format: str, **options) -> Iterator[Example]:
     if unknown:
         raise DataError(f"{path}: option(s) {', '.join(unknown)} do not apply to format {format!r}")
     return reader(path, **options)
+
+
+def split_dev(examples: list[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Carve a dev set out of train: a seeded random ``fraction`` (at least one example).
+
+    Both parts keep the input order.  Used when ``data.dev`` is null (``data.dev_fraction``).
+    """
+    import numpy as np
+
+    n = len(examples)
+    if not 0.0 < fraction < 1.0 or n < 2:
+        raise DataError(f"cannot carve a dev set of fraction {fraction} out of {n} training examples; set data.dev")
+    n_dev = min(n - 1, max(1, round(n * fraction)))
+    chosen = set(np.random.default_rng(seed).permutation(n)[:n_dev].tolist())
+    train = [ex for i, ex in enumerate(examples) if i not in chosen]
+    dev = [ex for i, ex in enumerate(examples) if i in chosen]
+    return train, dev
