@@ -1,0 +1,316 @@
+"""BiLSTM tagger speed on CPU: training and inference tokens/s, Numba compile times.
+
+Model: Embedding(20000, 100) -> BiLSTM(128 per direction, return_sequences, concat)
+-> Dense(18) -> per-token softmax cross-entropy. Sentence lengths come from UD
+English-EWT train (word lines per sentence, integer IDs only), else a lognormal with
+mean 17. Batches are bucketed: shuffle, sort by length within a buffer, cut batches.
+
+    python benchmarks/lstm_speed.py                   # ours, 1 thread
+    python benchmarks/lstm_speed.py --compare torch   # and PyTorch on the same shapes
+
+A figure, not a test. It drives tagger.ops.cpu directly (the op sequence a
+Bidirectional layer runs), so it measures the kernels without layer overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1, help="threads for BLAS, Numba and torch (default 1)")
+    p.add_argument("--corpora", default=None, help="corpora folder (default: $TAGGER_CORPORA or ../shared/corpora)")
+    p.add_argument("--compare", choices=["torch"], default=None, help="also measure PyTorch on the same shapes")
+    p.add_argument("--batch", type=int, default=32, help="training batch size")
+    p.add_argument("--infer-batch", type=int, default=256, help="inference batch size")
+    p.add_argument("--batches", type=int, default=40, help="training batches per timed repeat")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
+    p.add_argument("--no-compile-times", action="store_true", help="skip the cold/cached compile measurements")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:  # thread counts must be fixed before numpy (and its BLAS) is imported
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+V, E, H, K = 20000, 100, 128, 18
+EWT = Path("ud_english_ewt") / "en_ewt-ud-train.conllu"
+
+
+# ----------------------------------------------------------------------------------------
+# Data: sentence lengths and bucketed batches
+
+
+def find_corpus(corpora):
+    for root in (corpora, os.environ.get("TAGGER_CORPORA"), REPO.parent / "shared" / "corpora"):
+        if root and (Path(root) / EWT).is_file():
+            return Path(root) / EWT
+    return None
+
+
+def sentence_lengths(corpora, rng):
+    path = find_corpus(corpora)
+    if path is None:
+        sigma = 0.6
+        mu = np.log(17.0) - sigma**2 / 2  # mean 17
+        lengths = np.maximum(1, np.round(rng.lognormal(mu, sigma, size=12000))).astype(np.int64)
+        return lengths, "lognormal(mean 17)"
+    lengths, n = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                if n:
+                    lengths.append(n)
+                n = 0
+            elif not line.startswith("#") and line.split("\t", 1)[0].isdigit():
+                n += 1
+    if n:
+        lengths.append(n)
+    return np.array(lengths, dtype=np.int64), str(path)
+
+
+def bucketed_batches(lengths, batch, rng, buffer_batches=50):
+    """Shuffle, sort by length within buffers of buffer_batches * batch, cut, shuffle batches."""
+    idx = rng.permutation(len(lengths))
+    out = []
+    buf = batch * buffer_batches
+    for i in range(0, len(idx), buf):
+        chunk = idx[i : i + buf]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        out.extend(lengths[chunk[j : j + batch]] for j in range(0, len(chunk), batch))
+    rng.shuffle(out)
+    return out
+
+
+def make_batch(lens, rng):
+    B, T = len(lens), int(lens.max())
+    ids = np.zeros((B, T), dtype=np.int64)
+    labels = np.zeros((B, T), dtype=np.int64)
+    mask = np.arange(T)[None, :] < lens[:, None]
+    ids[mask] = rng.integers(1, V, size=int(mask.sum()))
+    labels[mask] = rng.integers(0, K, size=int(mask.sum()))
+    return ids, labels, mask, lens
+
+
+# ----------------------------------------------------------------------------------------
+# Ours: the op sequence of Embedding -> Bidirectional(LSTM) -> Dense -> xent
+
+
+class OursModel:
+    def __init__(self, ops, rng, threads):
+        self.ops = ops
+        self.threads = threads
+        f32 = np.float32
+
+        def glorot(shape):
+            lim = np.sqrt(6.0 / sum(shape))
+            return rng.uniform(-lim, lim, size=shape).astype(f32)
+
+        def lstm_params():
+            b = np.zeros(4 * H, f32)
+            b[H : 2 * H] = 1.0
+            return [glorot((E, 4 * H)), glorot((H, 4 * H)) * 0.5, b]
+
+        self.params = [rng.normal(scale=0.1, size=(V, E)).astype(f32)]  # embedding
+        self.params += lstm_params() + lstm_params()  # forward, backward directions
+        self.params += [glorot((2 * H, K)), np.zeros(K, f32)]  # dense
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self.m = [np.zeros_like(p) for p in self.params]
+        self.v = [np.zeros_like(p) for p in self.params]
+        self.step = 0
+
+    def forward(self, ids, lens, train):
+        ops = self.ops
+        table, Wf, Uf, bf, Wb, Ub, bb, Wd, bd = self.params
+        B = len(lens)
+        starts = np.zeros(B, dtype=np.int64)
+        X = ops.embedding_forward(table, ids)
+        (Yf, _, _, cf), (Yb, _, _, cb) = ops.lstm_forward_pair(
+            (X, Wf, Uf, bf, starts, lens, False), (X, Wb, Ub, bb, starts, lens, True), threads=self.threads
+        )
+        Y = ops.merge_forward(Yf, Yb, "concat")
+        logits = ops.dense_forward(Y, Wd, bd)
+        return logits, (X, cf, cb, Y, Yf, Yb)
+
+    def train_step(self, ids, labels, mask, lens):
+        ops = self.ops
+        g = self.grads
+        logits, (X, cf, cb, Y, Yf, Yb) = self.forward(ids, lens, train=True)
+        loss, dlogits = ops.softmax_xent(logits, labels, mask)
+        dY = ops.dense_backward(dlogits, Y, self.params[7], g[7], g[8])
+        dYf, dYb = ops.merge_backward(dY, Yf, Yb, "concat")
+        dXf, dXb = ops.lstm_backward_pair(
+            (cf, dYf, None, None, g[1], g[2], g[3]), (cb, dYb, None, None, g[4], g[5], g[6]), threads=self.threads
+        )
+        dXf += dXb
+        rows = ops.embedding_backward(g[0], dXf, ids, mask)
+        self.step += 1
+        for k, (p, gr, m, v) in enumerate(zip(self.params, g, self.m, self.v)):
+            r = rows if k == 0 else None
+            ops.adam_update(p, gr, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, self.step, rows=r)
+            ops.fill_(gr, 0.0, rows=r)
+        return loss
+
+
+# ----------------------------------------------------------------------------------------
+# PyTorch: the same shapes
+
+
+class TorchModel:
+    def __init__(self, threads):
+        import torch
+        from torch import nn
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch = torch
+        self.emb = nn.Embedding(V, E)
+        self.lstm = nn.LSTM(E, H, batch_first=True, bidirectional=True)
+        self.dense = nn.Linear(2 * H, K)
+        self.modules = nn.ModuleList([self.emb, self.lstm, self.dense])
+        self.opt = torch.optim.Adam(self.modules.parameters(), lr=1e-3)
+        self.loss = nn.CrossEntropyLoss(reduction="sum")
+
+    def train_step(self, ids, labels, mask, lens):
+        torch = self.torch
+        ids_t, labels_t = torch.from_numpy(ids), torch.from_numpy(labels)
+        mask_t = torch.from_numpy(mask)
+        self.opt.zero_grad(set_to_none=True)
+        Y, _ = self.lstm(self.emb(ids_t))  # padded + bucketed
+        logits = self.dense(Y)
+        loss = self.loss(logits[mask_t], labels_t[mask_t]) / mask_t.sum()
+        loss.backward()
+        self.opt.step()
+        return float(loss)
+
+    def infer(self, ids, lens):
+        torch = self.torch
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        with torch.inference_mode():
+            X = self.emb(torch.from_numpy(ids))
+            packed = pack_padded_sequence(X, torch.from_numpy(lens), batch_first=True, enforce_sorted=False)
+            Y, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+            return self.dense(Y).argmax(-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+
+
+def timed_rate(fn, batches, repeats, n_per_repeat):
+    """Median tokens/s over `repeats` passes of n_per_repeat consecutive batches."""
+    rates = []
+    pos = 0
+    for _ in range(repeats):
+        tokens = 0
+        t0 = time.perf_counter()
+        for _ in range(n_per_repeat):
+            b = batches[pos % len(batches)]
+            pos += 1
+            fn(*b)
+            tokens += int(b[-1].sum())
+        rates.append(tokens / (time.perf_counter() - t0))
+    return statistics.median(rates), rates
+
+
+def measure(train_fn, infer_fn, train_batches, infer_batches, args):
+    for b in train_batches[:3]:  # warm-up (compiles or loads kernels, faults pages in)
+        train_fn(*b)
+    for b in infer_batches[:2]:
+        infer_fn(b[0], b[-1])
+    train, train_all = timed_rate(train_fn, train_batches[3:], args.repeats, args.batches)
+    n_inf = max(2, args.batches * args.batch // args.infer_batch)
+    infer, infer_all = timed_rate(lambda ids, labels, mask, lens: infer_fn(ids, lens), infer_batches[2:],
+                                  args.repeats, n_inf)
+    return train, infer, train_all, infer_all
+
+
+COMPILE_SNIPPET = """
+import time, sys
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+import numpy as np
+import tagger
+from tagger.ops import cpu
+cold = cpu.compile_notice()
+if {full}:
+    cpu.warmup((np.float32,))
+else:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    W = rng.normal(size=(4, 8)).astype(np.float32); U = rng.normal(size=(2, 8)).astype(np.float32)
+    Y, h, c, cache = cpu.lstm_forward(X, W, U, np.zeros(8, np.float32), [0, 0], [3, 2])
+print(time.perf_counter() - t0, cold)
+"""
+
+
+def compile_times(threads):
+    """(cold seconds: import + compile every float32 kernel, cached seconds: import + tiny forward)."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+        out = []
+        for full in (True, False):
+            code = COMPILE_SNIPPET.format(repo=str(REPO), full=full)
+            res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            secs, cold = res.stdout.split()
+            out.append((float(secs), cold == "True"))
+    (cold_s, was_cold), (cached_s, still_cold) = out
+    assert was_cold and not still_cold, "cache state not as expected"
+    return cold_s, cached_s
+
+
+def main(args):
+    from tagger.ops import cpu
+
+    rng = np.random.default_rng(args.seed)
+    lengths, source = sentence_lengths(args.corpora, rng)
+    train_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.batch, rng)]
+    infer_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.infer_batch, rng)]
+    print(f"lengths: {source}: {len(lengths)} sentences, mean {lengths.mean():.1f}, max {lengths.max()}")
+    print(f"threads: {args.threads} (NUMBA_NUM_THREADS/OMP/OPENBLAS/MKL; torch.set_num_threads)")
+
+    if not args.no_compile_times:
+        cold_s, cached_s = compile_times(args.threads)
+        print(f"numba compile: cold {cold_s:.1f} s (import + all float32 kernels), "
+              f"from cache {cached_s:.2f} s (fresh process: import tagger + tiny forward)")
+
+    model = OursModel(cpu, np.random.default_rng(1), args.threads)
+    ours = measure(model.train_step, lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1),
+                   train_batches, infer_batches, args)
+    rows = [("tagger (numba cpu)", ours)]
+    if args.compare == "torch":
+        tm = TorchModel(args.threads)
+        rows.append((f"pytorch {tm.torch.__version__}", measure(tm.train_step, tm.infer, train_batches,
+                                                                 infer_batches, args)))
+    print()
+    print(f"{'':24s} {'train tok/s':>12s} {'infer tok/s':>12s}   (batch {args.batch} / {args.infer_batch}, "
+          f"median of {args.repeats})")
+    for name, (tr, inf, tr_all, inf_all) in rows:
+        print(f"{name:24s} {tr:12,.0f} {inf:12,.0f}   spread train {min(tr_all):,.0f}-{max(tr_all):,.0f}, "
+              f"infer {min(inf_all):,.0f}-{max(inf_all):,.0f}")
+    if len(rows) == 2:
+        (_, a), (_, b) = rows
+        print(f"{'ratio ours / torch':24s} {a[0] / b[0]:12.2f}x {a[1] / b[1]:11.2f}x   "
+              f"(targets: >= 2x train, >= 1.5x infer)")
+
+
+if __name__ == "__main__":
+    main(ARGS)
