@@ -352,10 +352,9 @@ READERS: dict[str, Callable[..., Iterator[Example]]] = {
 
 
 def read_examples(path: PathLike, format: str, **options) -> Iterator[Example]:
-    """Dispatch to the reader for ``format``; ``options`` are that reader's keywords.
-
-    Options that are ``None``-valued defaults in the config can be passed through as
-    ``None`` only where the reader accepts ``None``; unknown options raise DataError.
+    """Dispatch to the reader for ``format``; ``options`` are that reader's keywords
+    (``DataConfig.reader_options()`` builds them from a config).  An option the reader does
+    not take raises DataError.  A missing file is reported here, before iteration.
     """
     try:
         reader = READERS[format]

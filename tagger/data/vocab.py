@@ -17,8 +17,7 @@ WordVocab
 LabelVocab
     Labels <-> ids in a fixed list order (JSON: a list of strings).  An unknown label
     at evaluation time raises :class:`~tagger.errors.DataError` naming the label and the
-    known ones, unless ``unknown="O"``-style fallback is asked for explicitly
-    (``encode(labels, fallback="O")``).
+    known ones, unless a fallback label is asked for explicitly (``encode(labels, fallback="O")``).
 """
 
 from __future__ import annotations
