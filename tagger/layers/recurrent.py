@@ -162,12 +162,45 @@ class Bidirectional(Layer):
         self.backward_layer.seed = base * 2 + 2 if self.seed is not None else None
         self.forward_layer.ensure_built(input_shape)
         self.backward_layer.ensure_built(input_shape)
-        self.params = self.forward_layer.params + self.backward_layer.params
-        self.grads = self.forward_layer.grads + self.backward_layer.grads
-        self.param_names = [f"forward_{n}" for n in self.forward_layer.param_names] + [
+
+    # weights live in the two LSTMs; these views are derived so they never go stale
+    @property
+    def params(self):
+        return self.forward_layer.params + self.backward_layer.params if self.built else []
+
+    @params.setter
+    def params(self, value):
+        pass
+
+    @property
+    def grads(self):
+        return self.forward_layer.grads + self.backward_layer.grads if self.built else []
+
+    @grads.setter
+    def grads(self, value):
+        pass
+
+    @property
+    def param_names(self):
+        return [f"forward_{n}" for n in self.forward_layer.param_names] + [
             f"backward_{n}" for n in self.backward_layer.param_names
         ]
-        self.grad_rows = [None] * len(self.params)
+
+    @param_names.setter
+    def param_names(self, value):
+        pass
+
+    @property
+    def grad_rows(self):
+        return self.forward_layer.grad_rows + self.backward_layer.grad_rows
+
+    @grad_rows.setter
+    def grad_rows(self, value):
+        pass
+
+    def zero_grad(self):
+        self.forward_layer.zero_grad()
+        self.backward_layer.zero_grad()
 
     def set_weights(self, weights):
         weights = list(weights)
@@ -176,7 +209,6 @@ class Bidirectional(Layer):
             raise TaggerError(f"layer {self.name!r} expects {2 * n} weight arrays, got {len(weights)}")
         self.forward_layer.set_weights(weights[:n])
         self.backward_layer.set_weights(weights[n:])
-        self.params = self.forward_layer.params + self.backward_layer.params
 
     def compute_output_shape(self, input_shape):
         fw = self.forward_layer.compute_output_shape(input_shape)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._util import load, note, user_errors
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="model directory (or a training output folder)"),
+    inputs: List[Path] = typer.Argument(..., help="text files or folders; one sentence (or text) per line"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="output folder, or - for stdout (default: stdout)"),
+    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl | conll | tsv"),
+    encoding: str = typer.Option("utf-8", help="encoding of the input files"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+    batch_size: int = typer.Option(256, help="sentences per batch"),
+):
+    """Tag or classify raw text files; one output per input, written atomically."""
+    with user_errors():
+        from tagger.predict import predict_files
+
+        m = load(str(model), device)
+        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, batch_size=batch_size)
+        if output not in (None, "-"):
+            for src, dst, n in done:
+                note(f"{src} -> {dst} ({n} records)")

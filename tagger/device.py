@@ -1,0 +1,44 @@
+"""`device: cpu | cuda | auto` -> an ops backend, with a clear word about the choice."""
+from __future__ import annotations
+
+import sys
+
+from tagger.errors import TaggerError
+from tagger.ops import get_ops
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """(usable, reason or device name). Never raises: no GPU, no driver, no numba-cuda all say no."""
+    try:
+        cuda_ops = get_ops("cuda")
+    except Exception as err:  # numba-cuda missing or broken
+        return False, f"the CUDA backend cannot be imported ({type(err).__name__}: {err}); pip install 'tagger[cuda]'"
+    try:
+        if not cuda_ops.is_available():
+            return False, "no usable CUDA GPU was found"
+        return True, cuda_ops.device_name()
+    except Exception as err:
+        return False, f"CUDA check failed ({type(err).__name__}: {err})"
+
+
+def resolve_device(device: str = "cpu", announce=False):
+    """The ops backend for `device`. 'auto' picks CUDA when a GPU is usable and says which."""
+    if not isinstance(device, str):
+        return device  # already an ops module
+    if device not in DEVICES:
+        raise TaggerError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    if device == "cpu":
+        return get_ops("cpu")
+    usable, info = cuda_usable()
+    if device == "cuda":
+        if not usable:
+            raise TaggerError(f"--device cuda: {info}; use --device cpu (or auto)")
+        ops = get_ops("cuda")
+    else:
+        ops = get_ops("cuda") if usable else get_ops("cpu")
+    if announce:
+        print(f"device: {'cuda (' + info + ')' if ops.__name__.endswith('cuda') else 'cpu'}"
+              + ("" if usable or device == "cuda" else f" [auto: {info}]"), file=sys.stderr)
+    return ops
