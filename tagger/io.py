@@ -74,8 +74,22 @@ def _resolve_device(device):
     return resolve_device(device)
 
 
+def is_model_dir(path) -> bool:
+    path = Path(path)
+    return (path / "config.yaml").is_file() and (path / "weights.safetensors").is_file()
+
+
+def resolve_model_dir(path) -> Path:
+    """A model directory, or a `tagger train` output folder (its model-best/ is used)."""
+    path = Path(path)
+    if not is_model_dir(path) and is_model_dir(path / "model-best"):
+        return path / "model-best"
+    return path
+
+
 def load_model(path, device="cpu", dtype=np.float32):
-    """Read a model directory; any damage is a one-line TaggerError naming the file."""
+    """Read a model directory (or a training output folder); any damage is a one-line
+    TaggerError naming the file."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -83,7 +97,7 @@ def load_model(path, device="cpu", dtype=np.float32):
     from tagger.data.vocab import LabelVocab, WordVocab
     from tagger.models import Model, build_network
 
-    path = Path(path)
+    path = resolve_model_dir(path)
     if not path.is_dir():
         raise TaggerError(f"{path}: no such model directory (train one with `tagger train CONFIG --output {path}`)")
     for name in FILES:

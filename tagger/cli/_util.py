@@ -42,22 +42,10 @@ def parse_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def is_model_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "weights.safetensors").is_file()
-
-
-def model_path(path: str) -> Path:
-    """A model directory, or a training output folder (its model-best is used)."""
-    p = Path(path)
-    if not is_model_dir(p) and is_model_dir(p / "model-best"):
-        return p / "model-best"
-    return p
-
-
 def load(path: str, device: str = "cpu"):
     from tagger.io import load_model
 
-    return load_model(model_path(path), device=device)
+    return load_model(path, device=device)
 
 
 def note(message: str):

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from . import app
-from ._util import is_model_dir, model_path, user_errors
+from ._util import user_errors
 
 
 @app.command()
@@ -17,10 +17,10 @@ def summary(
 ):
     """Print the Keras-style layer table (output shapes and parameter counts)."""
     with user_errors():
-        from tagger.io import load_model
+        from tagger.io import is_model_dir, load_model, resolve_model_dir
 
-        path = model_path(str(target))
-        if is_model_dir(path):
+        path = resolve_model_dir(target)
+        if is_model_dir(path) or path.is_dir():
             load_model(path).network.summary()
             return
         from tagger.config import load_config

@@ -1,0 +1,191 @@
+"""train -> evaluate -> predict through the CLI on the bundled samples, outputs checked."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tagger.io import load_model
+
+from .conftest import REPO, SAMPLES, write_config
+
+
+def test_train_writes_a_complete_output_folder(trained_pos):
+    for name in ("config.yaml", "tokenizer.json", "labels.json", "weights.safetensors", "metrics.json"):
+        assert (trained_pos / "model-best" / name).is_file(), name
+    assert (trained_pos / "model-last" / "weights.safetensors").is_file()
+    rows = (trained_pos / "loss.tsv").read_text().splitlines()
+    assert rows[0].startswith("epoch\tstep\tloss") and len(rows) >= 2
+    logs = [json.loads(l) for l in (trained_pos / "metrics.jsonl").read_text().splitlines()]
+    assert logs and all("dev_score" in r for r in logs)
+    # the loss goes down and dev accuracy clearly beats the majority tag (NOUN, about 22%)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert max(r["dev_score"] for r in logs) > 0.8
+    assert not list(trained_pos.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_evaluate_prints_scores_and_writes_json(cli, trained_pos, tmp_path):
+    out = tmp_path / "m.json"
+    result = cli("evaluate", trained_pos, SAMPLES / "sample_pos.dev.conllu", "--output", out)
+    assert "token accuracy:" in result.output and "NOUN" in result.output
+    metrics = json.loads(out.read_text())
+    best = json.loads((trained_pos / "model-best" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(best["dev"]["accuracy"])
+    assert metrics["report"]["per_class"]["DET"]["f1"] > 0.8
+
+
+def test_predict_jsonl_maps_tags_to_character_spans(cli, trained_pos, tmp_path):
+    text = "The old dog sleeps in the garden .\n\nAnna reads a book .\n"
+    src = tmp_path / "in.txt"
+    src.write_text(text)
+    cli("predict", trained_pos, src, "--output", tmp_path / "out", "--format", "jsonl")
+    records = [json.loads(l) for l in (tmp_path / "out" / "in.txt.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 3]  # the blank line is a boundary, not a record
+    lines = text.splitlines()
+    for r in records:
+        assert len(r["tokens"]) == len(r["tags"]) == len(r["offsets"]) == len(r["probs"])
+        for tok, (a, b) in zip(r["tokens"], r["offsets"]):
+            assert lines[r["line"] - 1][a:b] == tok
+    assert records[0]["tags"][0] == "DET" and records[0]["tags"][-1] == "PUNCT"
+
+
+def test_predict_conll_and_tsv_and_stdout(cli, trained_pos, tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("The cat sleeps .\nA dog runs .\n")
+    cli("predict", trained_pos, src, "-o", tmp_path / "c", "--format", "conll")
+    blocks = (tmp_path / "c" / "a.txt.conll").read_text().strip().split("\n\n")
+    assert len(blocks) == 2 and blocks[0].splitlines()[0].split("\t")[0] == "The"
+    cli("predict", trained_pos, src, "-o", tmp_path / "t", "--format", "tsv")
+    rows = (tmp_path / "t" / "a.txt.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:2] == ["1", "The cat sleeps ."]
+    result = cli("predict", trained_pos, src)
+    assert len([l for l in result.stdout.splitlines() if l.startswith("{")]) == 2
+
+
+def test_predict_a_folder_and_a_very_long_line(cli, trained_pos, tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    long_line = " ".join(["the dog sleeps ."] * 1500)  # 6000 tokens on one line
+    (folder / "one.txt").write_text("The cat sleeps .\n")
+    (folder / "sub" / "two.txt").write_text(long_line + "\n")
+    cli("predict", trained_pos, folder, "-o", tmp_path / "out")
+    assert (tmp_path / "out" / "one.txt.jsonl").is_file()
+    record = json.loads((tmp_path / "out" / "sub" / "two.txt.jsonl").read_text())
+    assert len(record["tokens"]) == 6000 == len(record["tags"])
+
+
+def test_saved_and_loaded_model_predicts_identically(trained_pos, tmp_path):
+    model = load_model(trained_pos / "model-best")
+    texts = ["The cat sat on the mat .", "Anna reads .", "x"]
+    before = model.predict(texts)
+    model.save(tmp_path / "copy")
+    again = load_model(tmp_path / "copy").predict(texts)
+    assert before == again
+    import tagger
+
+    assert tagger.load(trained_pos).predict(texts) == before
+
+
+def test_same_seed_reproduces_the_run_exactly(cli, tmp_path):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        cli("train", REPO / "configs" / "quickstart.yaml", "-o", out, "--training.max_steps", "12", "--no-progress")
+        outs.append((out / "model-last" / "weights.safetensors").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_ctrl_c_leaves_a_usable_model(tmp_path, monkeypatch):
+    from tagger.config import load_config
+    from tagger.models import Model
+    from tagger.training import train
+
+    calls = {"n": 0}
+    real_step = Model.train_step
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Model, "train_step", interrupted)
+    final = train(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path, progress=False)
+    assert final["interrupted"]
+    model = load_model(tmp_path / "model-last")
+    assert len(model.predict(["The cat sleeps ."])[0]["tags"]) == 4
+
+
+def test_classification_end_to_end(cli, tmp_path):
+    cfg = write_config(
+        tmp_path / "cls.yaml",
+        data={"train": str(SAMPLES / "sample_cls.train.tsv"), "dev": str(SAMPLES / "sample_cls.dev.tsv"),
+              "format": "tsv", "text_column": "sentence", "label_column": "label", "header": True},
+        model={"task": "classify", "embedding_dim": 32, "lstm_units": 32, "dropout": 0.2},
+        training={"epochs": 8, "lr": 0.005, "batch_size": 16, "patience": 8},
+        vocab={"lowercase": True},
+    )
+    cli("train", cfg, "-o", tmp_path / "m", "--no-progress")
+    best = json.loads((tmp_path / "m" / "model-best" / "metrics.json").read_text())
+    labels = [l.split("\t")[1] for l in (SAMPLES / "sample_cls.dev.tsv").read_text().splitlines()[1:]]
+    majority = max(labels.count(x) for x in set(labels)) / len(labels)
+    assert best["dev"]["accuracy"] > majority + 0.15
+    src = tmp_path / "t.txt"
+    src.write_text("what a wonderful and moving film\n")
+    cli("predict", tmp_path / "m", src, "-o", tmp_path / "o")
+    rec = json.loads((tmp_path / "o" / "t.txt.jsonl").read_text())
+    assert rec["label"] in set(labels) and 0 < rec["probability"] <= 1
+
+
+def test_ner_spans_in_predictions(cli, tmp_path):
+    cfg = write_config(
+        tmp_path / "ner.yaml",
+        data={"train": str(SAMPLES / "sample_ner.train.conll"), "dev": str(SAMPLES / "sample_ner.dev.conll"),
+              "format": "conll", "scheme": "bio", "target_scheme": "bioes"},
+        model={"embedding_dim": 32, "lstm_units": 32, "dropout": 0.2},
+        training={"epochs": 10, "lr": 0.01, "batch_size": 16, "patience": 10},
+    )
+    cli("train", cfg, "-o", tmp_path / "m", "--no-progress")
+    best = json.loads((tmp_path / "m" / "model-best" / "metrics.json").read_text())
+    assert "spans" in best["dev"] and best["dev"]["spans"]["f1"] > 0.5
+    result = cli("evaluate", tmp_path / "m", SAMPLES / "sample_ner.dev.conll")
+    assert "FB1" in result.output or "f1" in result.output.lower()
+    model = load_model(tmp_path / "m")
+    gold_line = (SAMPLES / "sample_ner.dev.conll").read_text().split("\n\n")[0]
+    words = [l.split()[0] for l in gold_line.splitlines()]
+    rec = model.predict([" ".join(words)])[0]
+    assert all(set(t[:2]) <= set("BIO-") or t == "O" for t in rec["tags"])  # data scheme (BIO) comes back
+    for span in rec["spans"]:
+        assert rec["text"][span["start"] : span["end"]] == span["text"]
+
+
+def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):
+    assert "Total params" in cli("summary", trained_pos).output
+    assert "bilstm_1 (Bidirectional)" in cli("summary", REPO / "configs" / "quickstart.yaml").output
+    cfg = tmp_path / "new.yaml"
+    cli("init-config", "--task", "classify", "--output", cfg)
+    assert "task: classify" in cfg.read_text()
+    out = cli("debug-data", REPO / "configs" / "quickstart.yaml").output
+    assert "OOV" in out and "majority baseline" in out
+
+
+def test_short_training_on_real_ud_data_beats_majority(cli, tmp_path, corpora_root):
+    """A few hundred real UD English-EWT sentences: dev accuracy clearly above the majority tag."""
+    def head(src, dst, n):
+        blocks = src.read_text(encoding="utf-8").split("\n\n")[:n]
+        dst.write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+
+    ewt = corpora_root / "ud_english_ewt"
+    head(ewt / "en_ewt-ud-train.conllu", tmp_path / "train.conllu", 400)
+    head(ewt / "en_ewt-ud-dev.conllu", tmp_path / "dev.conllu", 200)
+    cfg = write_config(
+        tmp_path / "ud.yaml",
+        data={"train": "train.conllu", "dev": "dev.conllu", "format": "conllu", "label_column": "upos"},
+        model={"embedding_dim": 50, "lstm_units": 64, "dropout": 0.3},
+        training={"epochs": 6, "lr": 0.005, "batch_size": 16, "patience": 6},
+    )
+    cli("train", cfg, "-o", tmp_path / "m", "--no-progress")
+    dev = json.loads((tmp_path / "m" / "model-best" / "metrics.json").read_text())["dev"]
+    support = {k: v["support"] for k, v in dev["report"]["per_class"].items()}
+    majority = max(support.values()) / sum(support.values())
+    assert dev["accuracy"] > majority + 0.3, (dev["accuracy"], majority)
