@@ -197,17 +197,16 @@ def _unpack_rows(dXp, in_mask, has_in_mask, order, starts, lengths, offsets, cou
 
 
 @njit(**_JIT)
-def _lstm_fwd_step(s, offsets, counts, Z, R, use_R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
                    order, starts, lengths, reverse, rec_mask, has_rec_mask):
     """One step of the recurrence for the n_s running rows (fused gate arithmetic).
 
     Z (N, G): pre-activations x W on entry, gate activations i, f, g, o on exit (rows of
-    step s). R (>=n_s, G): h_prev @ U (ignored when not use_R, i.e. at s = 0).
+    step s). R (>=n_s, G): h_prev @ U (zeros at s = 0).
     Writes c and tanh(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
     step s + 1 for the rows that continue, or h, c to h_last, c_last for rows that end.
     """
     H = Cp.shape[1]
-    G = 4 * H
     n = counts[s]
     n_next = counts[s + 1]
     off = offsets[s]
@@ -220,23 +219,23 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, use_R, b, Cp, TCp, Hprev, Y, h_last
         r = order[k]
         t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
         z = Z[off + k]
-        # 1. pre-activations, then i, f, g, o in place
-        if use_R:
-            rk = R[k]
-            for j in range(G):
-                z[j] += rk[j] + b[j]
-        else:
-            for j in range(G):
-                z[j] += b[j]
+        # 1. z = x W (+ h_prev U) + b, then i, f, g, o in place
+        rk = R[k]
         zif = z[: 2 * H]
-        zg = z[2 * H : 3 * H]
-        zo = z[3 * H :]
+        rif = rk[: 2 * H]
+        bif = b[: 2 * H]
         for j in range(2 * H):
-            zif[j] = _sigmoid(zif[j])
+            zif[j] = _sigmoid(zif[j] + rif[j] + bif[j])
+        zg = z[2 * H : 3 * H]
+        rg = rk[2 * H : 3 * H]
+        bg = b[2 * H : 3 * H]
         for j in range(H):
-            zg[j] = _tanh(zg[j])
+            zg[j] = _tanh(zg[j] + rg[j] + bg[j])
+        zo = z[3 * H :]
+        ro = rk[3 * H :]
+        bo = b[3 * H :]
         for j in range(H):
-            zo[j] = _sigmoid(zo[j])
+            zo[j] = _sigmoid(zo[j] + ro[j] + bo[j])
         zi = z[:H]
         zf = z[H : 2 * H]
         # 2. c = f * c_prev + i * g
@@ -427,7 +426,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
 
     Xp = np.empty((N, I), dtype=dt)
     _pack_rows(X, in_m, has_in, order, starts, lengths, offsets, counts, reverse, Xp)
-    Z = np.matmul(Xp, W)  # (N, G) the one large input GEMM
+    Z = np.empty((N, G), dtype=dt)
     Cp = np.empty((N, H), dtype=dt)
     TCp = np.empty((N, H), dtype=dt)
     Hprev = np.empty((N, H), dtype=dt)
@@ -435,13 +434,15 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Y = np.zeros((B, T, H), dtype=dt)
     h_last = np.zeros((B, H), dtype=dt)
     c_last = np.zeros((B, H), dtype=dt)
-    R = np.empty((B, G), dtype=dt)
+    R = np.zeros((B, G), dtype=dt)
+    if N:
+        np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
     for s in range(S):
+        off = offsets[s]
         n = counts[s]
         if s > 0:
-            off = offsets[s]
             np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, offsets, counts, Z, R, s > 0, b, Cp, TCp, Hprev, Y, h_last, c_last,
+        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
                        order, starts, lengths, reverse, rec_m, has_rec)
     cache = LSTMCache(Xp, W, np.ascontiguousarray(U.T), Z, Cp, TCp, Hprev, order, starts, lengths,
                       offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
