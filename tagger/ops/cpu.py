@@ -718,7 +718,7 @@ def softmax_xent(logits, labels, mask=None):
 
 @njit(**_JIT)
 def _adam_rows(P, G, M, V, rows, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weight_decay, bc1, bc2):
-    """AdamW on the given rows of 2-D P, G, M, V. Scalars are float64 (folded in Python)."""
+    """AdamW on the given rows of 2-D P, G, M, V; scalars in the dtype of P."""
     D = P.shape[1]
     for q in range(rows.shape[0]):
         r = rows[q]
@@ -753,9 +753,12 @@ def _flat(a):
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, rows=None):
     """AdamW: decoupled weight decay, bias-corrected moments; step counts from 1."""
-    # Scalars stay float64: rounding beta2 to float32 first would make 1 - beta2 wrong by 1e-5.
-    sc = tuple(float(x) for x in (lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
-                                  1 - beta1**step, 1 - beta2**step))
+    # Fold the scalars in float64, then round each once to the parameter dtype (rounding
+    # beta2 to float32 *before* forming 1 - beta2 would be off by 1e-5); float32 arithmetic
+    # in the kernel keeps it vectorised at full width.
+    t = param.dtype.type
+    sc = tuple(t(x) for x in (lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
+                              1 - beta1**step, 1 - beta2**step))
     if rows is None:
         _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
     else:
@@ -785,7 +788,8 @@ def _sgd_flat(P, G, Vel, lr, momentum, weight_decay):
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     """SGD with (heavy-ball) momentum and decoupled weight decay."""
-    sc = (float(lr), float(momentum), float(weight_decay))
+    t = param.dtype.type
+    sc = (t(lr), t(momentum), t(weight_decay))
     if rows is None:
         _sgd_flat(_flat(param), _flat(grad), _flat(velocity), *sc)
     else:
