@@ -742,3 +742,143 @@ def k_sgd(p, g, vel, rows, has_rows, lr, mom, wd):
 
 _register("adam", lambda d: (_a(d, 2),) * 4 + (i64_1, i64) + (_ft(d),) * 9)(_plain(k_adam))
 _register("sgd", lambda d: (_a(d, 2),) * 3 + (i64_1, i64) + (_ft(d),) * 3)(_plain(k_sgd))
+
+
+# ----------------------------------------------------------------------------------------
+# LSTM recurrence, persistent per sequence: ONE launch for all steps. Rows of a batch are
+# independent in the recurrence, so block b owns sequence b for its whole length and only
+# needs a block-level barrier between steps (no grid sync, no cooperative launch). Thread
+# tid owns units j = tid, tid + blockDim, ...; the previous step's h and c are re-read
+# from Y[b, tp] / C[b, tp], written by this block before the barrier (global writes are
+# visible block-wide after syncthreads). U is read through L1/L2 every step.
+
+
+@_register(
+    "lstm_seq",
+    lambda d: (_a(d, 3), _a(d, 2), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), i64, i64_1, i64_1, i64),
+)
+def make_lstm_seq(dtype, tile, block):
+    one = np.dtype(dtype).type(1)
+    zero = np.dtype(dtype).type(0)
+
+    def k_lstm_seq(XW, U, Y, C, acts, Hp, rec_mask, has_rm, starts, lengths, reverse):
+        B = XW.shape[0]
+        H = U.shape[0]
+        for b in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+            L = lengths[b]  # uniform across the block: the barrier below is safe
+            for s in range(L):
+                if reverse:
+                    t = starts[b] + L - 1 - s
+                    tp = t + 1
+                else:
+                    t = starts[b] + s
+                    tp = t - 1
+                for j in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+                    zi = XW[b, t, j]
+                    zf = XW[b, t, H + j]
+                    zg = XW[b, t, 2 * H + j]
+                    zo = XW[b, t, 3 * H + j]
+                    cp = zero
+                    if s > 0:
+                        for q in range(H):
+                            hq = Y[b, tp, q]
+                            if has_rm:
+                                hq = hq * rec_mask[b, q]
+                            zi += hq * U[q, j]
+                            zf += hq * U[q, H + j]
+                            zg += hq * U[q, 2 * H + j]
+                            zo += hq * U[q, 3 * H + j]
+                        cp = C[b, tp, j]
+                        hj = Y[b, tp, j]
+                        if has_rm:
+                            hj = hj * rec_mask[b, j]
+                        Hp[b, t, j] = hj
+                    if zi >= 0:
+                        ig = one / (one + math.exp(-zi))
+                    else:
+                        e = math.exp(zi)
+                        ig = e / (one + e)
+                    if zf >= 0:
+                        fg = one / (one + math.exp(-zf))
+                    else:
+                        e = math.exp(zf)
+                        fg = e / (one + e)
+                    if zo >= 0:
+                        og = one / (one + math.exp(-zo))
+                    else:
+                        e = math.exp(zo)
+                        og = e / (one + e)
+                    gg = math.tanh(zg)
+                    c = fg * cp + ig * gg
+                    acts[b, t, j] = ig
+                    acts[b, t, H + j] = fg
+                    acts[b, t, 2 * H + j] = gg
+                    acts[b, t, 3 * H + j] = og
+                    C[b, t, j] = c
+                    Y[b, t, j] = og * math.tanh(c)
+                cuda.syncthreads()
+
+    return k_lstm_seq
+
+
+@_register(
+    "lstm_bseq",
+    lambda d: (
+        _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), i64, _a(d, 3), i64,
+        _a(d, 2), i64, _a(d, 2), _a(d, 2), i64, i64_1, i64_1, i64,
+    ),
+)
+def make_lstm_bseq(dtype, tile, block):
+    one = np.dtype(dtype).type(1)
+    zero = np.dtype(dtype).type(0)
+
+    def k_lstm_bseq(dZ, acts, C, U, rec_mask, has_rm, dY, has_dy, dh_last, has_dh,
+                    dc_carry, dc_last, has_dc, starts, lengths, reverse):
+        # Backward of k_lstm_seq: block b walks s = L-1 .. 0 of sequence b; same
+        # arithmetic, in the same order, as k_lstm_bstep.
+        B = dZ.shape[0]
+        H = U.shape[0]
+        G = 4 * H
+        for b in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+            L = lengths[b]
+            for s in range(L - 1, -1, -1):
+                if reverse:
+                    t = starts[b] + L - 1 - s
+                    tn = t - 1
+                    tp = t + 1
+                else:
+                    t = starts[b] + s
+                    tn = t + 1
+                    tp = t - 1
+                for j in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+                    if s + 1 < L:
+                        dh = zero
+                        for q in range(G):
+                            dh += dZ[b, tn, q] * U[j, q]
+                        if has_rm:
+                            dh = dh * rec_mask[b, j]
+                        dc = dc_carry[b, j]
+                    else:
+                        dh = dh_last[b, j] if has_dh else zero
+                        dc = dc_last[b, j] if has_dc else zero
+                    if has_dy:
+                        dh = dh + dY[b, t, j]
+                    ig = acts[b, t, j]
+                    fg = acts[b, t, H + j]
+                    gg = acts[b, t, 2 * H + j]
+                    og = acts[b, t, 3 * H + j]
+                    tc = math.tanh(C[b, t, j])
+                    do = dh * tc
+                    dc = dc + dh * og * (one - tc * tc)
+                    cp = C[b, tp, j] if s > 0 else zero
+                    di = dc * gg
+                    dg = dc * ig
+                    df = dc * cp
+                    dc_carry[b, j] = dc * fg
+                    dZ[b, t, j] = di * ig * (one - ig)
+                    dZ[b, t, H + j] = df * fg * (one - fg)
+                    dZ[b, t, 2 * H + j] = dg * (one - gg * gg)
+                    dZ[b, t, 3 * H + j] = do * og * (one - og)
+                cuda.syncthreads()
+
+    return k_lstm_bseq

@@ -37,6 +37,10 @@ TILE = 16
 MAX_GRID_2D = 1024
 REDUCE_THREADS = 256
 REDUCE_BLOCKS = 64
+# LSTM recurrence: "sequence" = one persistent launch per direction, block b owns row b
+# for all its steps (block barrier between steps); "step" = one launch per time step.
+RECURRENCE = "sequence"
+RECURRENT_THREADS = 256  # block size of the "sequence" kernels (threads loop over units)
 
 _JITTED: dict = {}
 
@@ -225,6 +229,21 @@ def _scalar(x, dtype):
 # LSTM
 
 
+def _recurrence():
+    if RECURRENCE not in ("sequence", "step"):
+        raise ValueError(f"tagger.ops.cuda.RECURRENCE must be 'sequence' or 'step', not {RECURRENCE!r}")
+    return RECURRENCE
+
+
+def _seq_grid(B):
+    return max(1, min(B, MAX_BLOCKS))
+
+
+def _seq_block(H):
+    # whole warps, no more threads than units (rounded up to a warp) or RECURRENT_THREADS
+    return max(1, min(RECURRENT_THREADS, -(-H // 32) * 32))
+
+
 class CudaLSTMCache:
     """What lstm_backward needs: device arrays from the forward plus host starts/lengths."""
 
@@ -281,9 +300,14 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     acts = zeros((B, T, G), dt)
     rm = _dev(rec_mask) if rec_mask is not None else _dummy(dt, 2)
     max_len = int(lengths_h.max()) if B else 0
-    for s in range(max_len):
-        _launch1d("lstm_step", dt, B * H, XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None),
-                  starts_d, lengths_d, s, int(bool(reverse)))
+    if _recurrence() == "sequence":
+        if max_len:
+            _kernel("lstm_seq", dt)[_seq_grid(B), _seq_block(H)](
+                XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None), starts_d, lengths_d, int(bool(reverse)))
+    else:
+        for s in range(max_len):
+            _launch1d("lstm_step", dt, B * H, XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None),
+                      starts_d, lengths_d, s, int(bool(reverse)))
     # 3. final state at each row's last real step
     h, c = _empty((B, H), dt), _empty((B, H), dt)
     _launch1d("lstm_last", dt, B * H, Y, C, h, c, starts_d, lengths_d, int(bool(reverse)))
@@ -315,10 +339,17 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
     dcd = _dev(dc_last) if dc_last is not None else _dummy(dt, 2)
     rm = cache.rec_mask if cache.rec_mask is not None else _dummy(dt, 2)
     max_len = int(cache.lengths_h.max()) if B else 0
-    for s in range(max_len - 1, -1, -1):
-        _launch1d("lstm_bstep", dt, B * H, dZ, cache.acts, cache.C, U, rm, int(cache.rec_mask is not None),
-                  dYd, int(dY is not None), dhd, int(dh_last is not None), dc_carry, dcd,
-                  int(dc_last is not None), cache.starts, cache.lengths, s, int(cache.reverse))
+    flags = (int(dY is not None), int(dh_last is not None), int(dc_last is not None))
+    if _recurrence() == "sequence":
+        if max_len:
+            _kernel("lstm_bseq", dt)[_seq_grid(B), _seq_block(H)](
+                dZ, cache.acts, cache.C, U, rm, int(cache.rec_mask is not None), dYd, flags[0], dhd, flags[1],
+                dc_carry, dcd, flags[2], cache.starts, cache.lengths, int(cache.reverse))
+    else:
+        for s in range(max_len - 1, -1, -1):
+            _launch1d("lstm_bstep", dt, B * H, dZ, cache.acts, cache.C, U, rm, int(cache.rec_mask is not None),
+                      dYd, flags[0], dhd, flags[1], dc_carry, dcd, flags[2], cache.starts, cache.lengths, s,
+                      int(cache.reverse))
     # 2. the weight gradients as a few large GEMMs over all B*T rows (dZ is 0 at padding)
     dZ2 = dZ.reshape(B * T, G)
     _gemm(X.reshape(B * T, I), dZ2, dW, trans_a=True, accumulate=True)

@@ -32,6 +32,7 @@ def small_launches(monkeypatch):
     monkeypatch.setattr(C, "MAX_GRID_2D", 2)
     monkeypatch.setattr(C, "REDUCE_THREADS", 4)
     monkeypatch.setattr(C, "REDUCE_BLOCKS", 2)
+    monkeypatch.setattr(C, "RECURRENT_THREADS", 2)  # H = 3 units: a thread owns two
 
 
 def close(dev, expect, dtype=np.float64, name=""):
@@ -79,10 +80,12 @@ def run_lstm(ops, X, W, U, b, starts, lengths, reverse, in_mask, rec_mask, RY, R
     return {k: ops.to_numpy(v) for k, v in dict(Y=Y, h=h, c=c, dX=dX, dW=dW, dU=dU, db=db).items()}
 
 
+@pytest.mark.parametrize("recurrence", ["sequence", "step"])
 @pytest.mark.parametrize("padding", ["post", "pre"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_lstm_matches_reference(padding, reverse, dropout):
+def test_lstm_matches_reference(padding, reverse, dropout, recurrence, monkeypatch):
+    monkeypatch.setattr(C, "RECURRENCE", recurrence)
     dtype = np.float64
     X, W, U, b, RY, Rh, Rc = lstm_case(1, dtype)
     starts, lengths = spans(padding)
@@ -133,7 +136,7 @@ def test_lstm_zero_length_row_and_accumulation():
 
 def test_lstm_backward_finite_differences_on_device():
     """The CUDA backward against central differences of the CUDA forward (float64), along
-    two random directions per input (cheap on the simulator; jax.test_util.check_grads
+    one random direction per input (cheap on the simulator; jax.test_util.check_grads
     style). The reference comparison above checks every element."""
     dtype = np.float64
     X, W, U, b, RY, Rh, Rc = lstm_case(4, dtype)
@@ -149,24 +152,28 @@ def test_lstm_backward_finite_differences_on_device():
     rng = np.random.default_rng(9)
     eps = 1e-6
     for name in args:
-        for _ in range(2):
-            d = rng.normal(size=args[name].shape)
-            up = loss({**args, name: args[name] + eps * d})
-            down = loss({**args, name: args[name] - eps * d})
-            numeric = np.array([(up - down) / (2 * eps)])
-            analytic = np.array([(got["d" + name] * d).sum()])
-            assert_grad_close(analytic, numeric, f"d{name}", rtol=1e-6)
+        d = rng.normal(size=args[name].shape)
+        up = loss({**args, name: args[name] + eps * d})
+        down = loss({**args, name: args[name] - eps * d})
+        numeric = np.array([(up - down) / (2 * eps)])
+        analytic = np.array([(got["d" + name] * d).sum()])
+        assert_grad_close(analytic, numeric, f"d{name}", rtol=1e-6)
 
 
-def test_lstm_is_deterministic():
-    dtype = np.float64
+def test_lstm_is_deterministic(monkeypatch):
+    """Same inputs twice: bitwise the same outputs and gradients. The per-step and the
+    persistent recurrence do the same arithmetic in the same order: bitwise equal too."""
+    dtype = np.float32
     X, W, U, b, RY, Rh, Rc = lstm_case(5, dtype)
     starts, lengths = spans("post")
     im, rm = masks(True, dtype)
     a = run_lstm(C, X, W, U, b, starts, lengths, False, im, rm, RY, Rh, Rc, dtype)
     b2 = run_lstm(C, X, W, U, b, starts, lengths, False, im, rm, RY, Rh, Rc, dtype)
+    monkeypatch.setattr(C, "RECURRENCE", "step")
+    c3 = run_lstm(C, X, W, U, b, starts, lengths, False, im, rm, RY, Rh, Rc, dtype)
     for k in a:
         np.testing.assert_array_equal(a[k], b2[k], err_msg=k)
+        np.testing.assert_array_equal(a[k], c3[k], err_msg=k)
 
 
 # ----------------------------------------------------------------------------------------
