@@ -29,6 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
     p.add_argument("--no-compile-times", action="store_true", help="skip the cold/cached compile measurements")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="print every repeat")
     return p.parse_args(argv)
 
 
@@ -197,7 +198,7 @@ class TorchModel:
         loss = self.loss(logits[mask_t], labels_t[mask_t]) / mask_t.sum()
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return loss.item()
 
     def infer(self, ids, lens):
         torch = self.torch
@@ -214,32 +215,37 @@ class TorchModel:
 # Timing
 
 
-def timed_rate(fn, batches, repeats, n_per_repeat):
-    """Median tokens/s over `repeats` passes of n_per_repeat consecutive batches."""
-    rates = []
-    pos = 0
-    for _ in range(repeats):
-        tokens = 0
-        t0 = time.perf_counter()
-        for _ in range(n_per_repeat):
-            b = batches[pos % len(batches)]
-            pos += 1
-            fn(*b)
-            tokens += int(b[-1].sum())
-        rates.append(tokens / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
+def timed_pass(fn, batches, start, n):
+    """(tokens, wall seconds, CPU seconds of this process) for n consecutive batches."""
+    tokens = 0
+    w0, c0 = time.perf_counter(), time.process_time()
+    for q in range(start, start + n):
+        b = batches[q % len(batches)]
+        fn(*b)
+        tokens += int(b[-1].sum())
+    return tokens, time.perf_counter() - w0, time.process_time() - c0
 
 
-def measure(train_fn, infer_fn, train_batches, infer_batches, args):
-    for b in train_batches[:3]:  # warm-up (compiles or loads kernels, faults pages in)
-        train_fn(*b)
-    for b in infer_batches[:2]:
-        infer_fn(b[0], b[-1])
-    train, train_all = timed_rate(train_fn, train_batches[3:], args.repeats, args.batches)
+def measure(systems, train_batches, infer_batches, args):
+    """Median tokens/s (wall and CPU time) per system; repeats interleave the systems so
+    that load from other processes on a shared machine hits all of them alike."""
+    for _, train_fn, infer_fn in systems:  # warm-up: compiles or loads kernels, faults pages in
+        for b in train_batches[:3]:
+            train_fn(*b)
+        for b in infer_batches[:2]:
+            infer_fn(b[0], b[-1])
     n_inf = max(2, args.batches * args.batch // args.infer_batch)
-    infer, infer_all = timed_rate(lambda ids, labels, mask, lens: infer_fn(ids, lens), infer_batches[2:],
-                                  args.repeats, n_inf)
-    return train, infer, train_all, infer_all
+    rates = {name: {"train": [], "train_cpu": [], "infer": [], "infer_cpu": []} for name, _, _ in systems}
+    for rep in range(args.repeats):
+        for name, train_fn, infer_fn in systems:
+            tok, wall, cpu_s = timed_pass(train_fn, train_batches, 3 + rep * args.batches, args.batches)
+            rates[name]["train"].append(tok / wall)
+            rates[name]["train_cpu"].append(tok / cpu_s)
+            tok, wall, cpu_s = timed_pass(lambda ids, labels, mask, lens: infer_fn(ids, lens), infer_batches,
+                                          2 + rep * n_inf, n_inf)
+            rates[name]["infer"].append(tok / wall)
+            rates[name]["infer_cpu"].append(tok / cpu_s)
+    return {name: {k: statistics.median(v) for k, v in r.items()} | {"spread": r} for name, r in rates.items()}
 
 
 COMPILE_SNIPPET = """
@@ -293,23 +299,27 @@ def main(args):
               f"from cache {cached_s:.2f} s (fresh process: import tagger + tiny forward)")
 
     model = OursModel(cpu, np.random.default_rng(1), args.threads)
-    ours = measure(model.train_step, lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1),
-                   train_batches, infer_batches, args)
-    rows = [("tagger (numba cpu)", ours)]
+    systems = [("tagger (numba cpu)", model.train_step,
+                lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1))]
     if args.compare == "torch":
         tm = TorchModel(args.threads)
-        rows.append((f"pytorch {tm.torch.__version__}", measure(tm.train_step, tm.infer, train_batches,
-                                                                 infer_batches, args)))
+        systems.append((f"pytorch {tm.torch.__version__}", tm.train_step, tm.infer))
+    res = measure(systems, train_batches, infer_batches, args)
     print()
-    print(f"{'':24s} {'train tok/s':>12s} {'infer tok/s':>12s}   (batch {args.batch} / {args.infer_batch}, "
-          f"median of {args.repeats})")
-    for name, (tr, inf, tr_all, inf_all) in rows:
-        print(f"{name:24s} {tr:12,.0f} {inf:12,.0f}   spread train {min(tr_all):,.0f}-{max(tr_all):,.0f}, "
-              f"infer {min(inf_all):,.0f}-{max(inf_all):,.0f}")
-    if len(rows) == 2:
-        (_, a), (_, b) = rows
-        print(f"{'ratio ours / torch':24s} {a[0] / b[0]:12.2f}x {a[1] / b[1]:11.2f}x   "
-              f"(targets: >= 2x train, >= 1.5x infer)")
+    print(f"batch {args.batch} (train) / {args.infer_batch} (infer), {args.threads} thread(s), "
+          f"median of {args.repeats} interleaved repeats; tokens/s by wall clock and by this process's CPU time")
+    print(f"{'':24s} {'train':>10s} {'infer':>10s} {'train/cpu':>10s} {'infer/cpu':>10s}")
+    for name, r in res.items():
+        print(f"{name:24s} {r['train']:10,.0f} {r['infer']:10,.0f} {r['train_cpu']:10,.0f} {r['infer_cpu']:10,.0f}")
+    if len(res) == 2:
+        a, b = res.values()
+        print(f"{'ratio ours / torch':24s} {a['train'] / b['train']:9.2f}x {a['infer'] / b['infer']:9.2f}x "
+              f"{a['train_cpu'] / b['train_cpu']:9.2f}x {a['infer_cpu'] / b['infer_cpu']:9.2f}x"
+              "   (targets: >= 2x train, >= 1.5x infer)")
+    if args.verbose:
+        for name, r in res.items():
+            for k, v in r["spread"].items():
+                print(f"  {name} {k}: " + " ".join(f"{x:,.0f}" for x in v))
 
 
 if __name__ == "__main__":

@@ -158,6 +158,58 @@ def _tanh_impl(x):
     return lambda x: math.tanh(x)
 
 
+# Gate nonlinearities of the LSTM kernels. float32: Eigen's rational tanh (odd degree-13 over
+# even degree-6, clamped to +-7.905; absolute error < 3e-7), and sigmoid(x) = (1 + tanh(x/2))/2.
+# About 30% fewer vector operations than the exp-based pair above; absolute (not relative)
+# accuracy in the sigmoid tail, which is all a gate needs. float64: libm.
+_T_CLAMP = np.float32(7.90531110763549805)
+_T_A13 = np.float32(-2.76076847742355e-16)
+_T_A11 = np.float32(2.00018790482477e-13)
+_T_A9 = np.float32(-8.60467152213735e-11)
+_T_A7 = np.float32(5.12229709037114e-08)
+_T_A5 = np.float32(1.48572235717979e-05)
+_T_A3 = np.float32(6.37261928875436e-04)
+_T_A1 = np.float32(4.89352455891786e-03)
+_T_B6 = np.float32(1.19825839466702e-06)
+_T_B4 = np.float32(1.18534705686654e-04)
+_T_B2 = np.float32(2.26843463243900e-03)
+_T_B0 = np.float32(4.89352518554385e-03)
+
+
+def _gate_tanh(x):
+    return math.tanh(x)
+
+
+@overload(_gate_tanh)
+def _gate_tanh_impl(x):
+    if x == types.float32:
+
+        def impl(x):
+            x = min(max(x, -_T_CLAMP), _T_CLAMP)
+            x2 = x * x
+            p = ((((((_T_A13 * x2 + _T_A11) * x2 + _T_A9) * x2 + _T_A7) * x2 + _T_A5) * x2 + _T_A3) * x2 + _T_A1) * x
+            q = ((_T_B6 * x2 + _T_B4) * x2 + _T_B2) * x2 + _T_B0
+            return p / q
+
+        return impl
+    return lambda x: math.tanh(x)
+
+
+def _gate_sigmoid(x):
+    return _sigmoid(x)
+
+
+@overload(_gate_sigmoid)
+def _gate_sigmoid_impl(x):
+    if x == types.float32:
+
+        def impl(x):
+            return _F32_HALF + _F32_HALF * _gate_tanh(_F32_HALF * x)
+
+        return impl
+    return lambda x: _sigmoid(x)
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM kernels
 
@@ -225,17 +277,17 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
         rif = rk[: 2 * H]
         bif = b[: 2 * H]
         for j in range(2 * H):
-            zif[j] = _sigmoid(zif[j] + rif[j] + bif[j])
+            zif[j] = _gate_sigmoid(zif[j] + rif[j] + bif[j])
         zg = z[2 * H : 3 * H]
         rg = rk[2 * H : 3 * H]
         bg = b[2 * H : 3 * H]
         for j in range(H):
-            zg[j] = _tanh(zg[j] + rg[j] + bg[j])
+            zg[j] = _gate_tanh(zg[j] + rg[j] + bg[j])
         zo = z[3 * H :]
         ro = rk[3 * H :]
         bo = b[3 * H :]
         for j in range(H):
-            zo[j] = _sigmoid(zo[j] + ro[j] + bo[j])
+            zo[j] = _gate_sigmoid(zo[j] + ro[j] + bo[j])
         zi = z[:H]
         zf = z[H : 2 * H]
         # 2. c = f * c_prev + i * g
@@ -251,7 +303,7 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
         tc = TCp[off + k]
         y = Y[r, t]
         for j in range(H):
-            tcj = _tanh(c[j])
+            tcj = _gate_tanh(c[j])
             tc[j] = tcj
             y[j] = zo[j] * tcj
         # 4. hand h on: to the next step's GEMM input, or to the final state
