@@ -21,6 +21,14 @@ from tests.gradcheck import assert_grad_close
 if not C.is_available():
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
+if C.is_simulator():
+    # The simulator's device arrays refuse negative indexes into .shape (FakeShape);
+    # real numba-cuda DeviceNDArray.shape is a plain tuple, and tagger.layers writes
+    # x.shape[-1]. Make the simulator match the hardware API here.
+    from numba.cuda.simulator.cudadrv import devicearray as _sim_devicearray
+
+    _sim_devicearray.FakeShape.__getitem__ = tuple.__getitem__
+
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
 
 
@@ -407,3 +415,34 @@ def test_training_step_matches_reference():
     for k in params:
         np.testing.assert_allclose(got[k], ref_params[k], rtol=1e-9, atol=1e-12, err_msg=k)
         assert not np.array_equal(got[k], params[k]), f"{k} did not move"
+
+
+def test_layers_on_cuda_match_reference():
+    """tagger.layers with ops='cuda': Embedding -> BiLSTM (input and recurrent dropout)
+    -> Dropout -> Dense -> per-token loss, forward and every gradient vs ops='reference'."""
+    from tagger.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
+    from tagger.ops import get_ops
+
+    ids = np.array([[3, 1, 4, 1], [0, 0, 0, 2], [0, 6, 5, 3]])  # pre-padded, lengths 4, 1, 3
+    labels = np.random.default_rng(0).integers(0, 4, size=ids.shape)
+    out = {}
+    for backend in ("reference", "cuda"):
+        ops = get_ops(backend)
+        model = Sequential(
+            [Embedding(7, 3),
+             Bidirectional(LSTM(2, return_sequences=True, dropout=0.2, recurrent_dropout=0.2), merge_mode="concat"),
+             Dropout(0.25), Dense(4)],
+            seed=1, ops=backend, dtype=np.float64,
+        )
+        y, backprop = model.forward(ids, train=True)
+        loss, dy = ops.softmax_xent(y, labels, ids != 0)
+        model.zero_grad()
+        backprop(dy)
+        out[backend] = (loss, np.array(ops.to_numpy(y)),
+                        [np.array(ops.to_numpy(g)) for leaf in model.leaves() for g in leaf.grads])
+    (l_ref, y_ref, g_ref), (l_dev, y_dev, g_dev) = out["reference"], out["cuda"]
+    assert l_dev == pytest.approx(l_ref, rel=1e-10)
+    np.testing.assert_allclose(y_dev, y_ref, rtol=1e-10, atol=1e-12)
+    assert len(g_ref) == len(g_dev) > 0
+    for k, (a, b) in enumerate(zip(g_dev, g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
