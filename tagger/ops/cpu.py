@@ -409,7 +409,7 @@ class LSTMCache:
 
     Xp: np.ndarray  # (N, I) packed input after in_mask
     W: np.ndarray  # (I, G)
-    UT: np.ndarray  # (G, H) recurrent kernel, transposed and contiguous
+    U: np.ndarray  # (H, G) recurrent kernel
     A: np.ndarray  # (N, G) gate activations i, f, g, o
     Cp: np.ndarray  # (N, H) cell state after each step
     TCp: np.ndarray  # (N, H) tanh of it
@@ -496,7 +496,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
             np.matmul(Hprev[off : off + n], U, out=R[:n])
         _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
                        order, starts, lengths, reverse, rec_m, has_rec)
-    cache = LSTMCache(Xp, W, np.ascontiguousarray(U.T), Z, Cp, TCp, Hprev, order, starts, lengths,
+    cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
                       offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
     return Y, h_last, c_last, cache
 
@@ -525,13 +525,14 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
     dZ = np.empty((N, G), dtype=dt)
     dHm = np.empty((B, H), dtype=dt)
     db_acc = np.zeros(G, dtype=dt)
+    UT = c.U.T  # a transposed view: BLAS takes it as is (a contiguous copy cost more than it saved)
     for s in range(S - 1, -1, -1):
         _lstm_bwd_step(s, c.offsets, c.counts, c.A, c.Cp, c.TCp, dY, has_dY, dHm, dhl, dcs, dZ, db_acc,
                        c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask)
         if s > 0:
             n = c.counts[s]
             off = c.offsets[s]
-            np.matmul(dZ[off : off + n], c.UT, out=dHm[:n])
+            np.matmul(dZ[off : off + n], UT, out=dHm[:n])
     # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
     db += db_acc
     dX = np.zeros((B, T, I), dtype=dt)
