@@ -8,8 +8,10 @@ mean 17. Batches are bucketed: shuffle, sort by length within a buffer, cut batc
     python benchmarks/lstm_speed.py                   # ours, 1 thread
     python benchmarks/lstm_speed.py --compare torch   # and PyTorch on the same shapes
 
-A figure, not a test. It drives tagger.ops.cpu directly (the op sequence a
-Bidirectional layer runs), so it measures the kernels without layer overhead.
+A figure, not a test. By default it runs the public layers (tagger.layers: Embedding,
+Bidirectional(LSTM), Dense in a Sequential; tagger.optim.Adam with lazy embedding rows);
+`--driver ops` runs the same op sequence on tagger.ops.cpu directly (no layer overhead,
+and the two directions concurrently through lstm_forward_pair when --threads >= 2).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="threads for BLAS, Numba and torch (default 1)")
     p.add_argument("--corpora", default=None, help="corpora folder (default: $TAGGER_CORPORA or ../shared/corpora)")
     p.add_argument("--compare", choices=["torch"], default=None, help="also measure PyTorch on the same shapes")
+    p.add_argument("--driver", choices=["layers", "ops"], default="layers",
+                   help="ours through tagger.layers (default) or through tagger.ops.cpu directly")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--infer-batch", type=int, default=256, help="inference batch size")
     p.add_argument("--batches", type=int, default=40, help="training batches per timed repeat")
@@ -169,6 +173,32 @@ class OursModel:
         return loss
 
 
+class LayersModel:
+    """The public API: Sequential(Embedding, Bidirectional(LSTM), Dense) + lazy Adam."""
+
+    def __init__(self, threads):
+        from tagger.layers import LSTM, Bidirectional, Dense, Embedding, Sequential
+        from tagger.optim import Adam
+
+        self.model = Sequential(
+            [Embedding(V, E, mask_zero=True), Bidirectional(LSTM(H, return_sequences=True)), Dense(K)],
+            ops="cpu", seed=0, dtype=np.float32,
+        )
+        self.ops = self.model.ops
+        self.opt = Adam(lr=1e-3, lazy=True)
+
+    def train_step(self, ids, labels, mask, lens):
+        logits, backprop = self.model.forward(ids, train=True)
+        loss, dlogits = self.ops.softmax_xent(logits, labels, mask)
+        backprop(dlogits)
+        self.opt.step(self.model)
+        return loss
+
+    def infer(self, ids, lens):
+        logits, _ = self.model.forward(ids, train=False)
+        return logits.argmax(-1)
+
+
 # ----------------------------------------------------------------------------------------
 # PyTorch: the same shapes
 
@@ -298,9 +328,13 @@ def main(args):
         print(f"numba compile: cold {cold_s:.1f} s (import + all float32 kernels), "
               f"from cache {cached_s:.2f} s (fresh process: import tagger + tiny forward)")
 
-    model = OursModel(cpu, np.random.default_rng(1), args.threads)
-    systems = [("tagger (numba cpu)", model.train_step,
-                lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1))]
+    if args.driver == "layers":
+        model = LayersModel(args.threads)
+        systems = [("tagger layers (numba)", model.train_step, model.infer)]
+    else:
+        model = OursModel(cpu, np.random.default_rng(1), args.threads)
+        systems = [("tagger ops (numba)", model.train_step,
+                    lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1))]
     if args.compare == "torch":
         tm = TorchModel(args.threads)
         systems.append((f"pytorch {tm.torch.__version__}", tm.train_step, tm.infer))
