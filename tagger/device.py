@@ -18,6 +18,8 @@ def cuda_usable() -> tuple[bool, str]:
     try:
         if not cuda_ops.is_available():
             return False, "no usable CUDA GPU was found"
+        if cuda_ops.is_simulator():
+            return True, "the numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), not a GPU"
         return True, cuda_ops.device_name()
     except Exception as err:
         return False, f"CUDA check failed ({type(err).__name__}: {err})"
@@ -37,6 +39,8 @@ def resolve_device(device: str = "cpu", announce=False):
             raise TaggerError(f"--device cuda: {info}; use --device cpu (or auto)")
         ops = get_ops("cuda")
     else:
+        # auto never picks the simulator: it is a test tool, thousands of times slower than the CPU
+        usable = usable and not get_ops("cuda").is_simulator()
         ops = get_ops("cuda") if usable else get_ops("cpu")
     if announce:
         print(f"device: {'cuda (' + info + ')' if ops.__name__.endswith('cuda') else 'cpu'}"

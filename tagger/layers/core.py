@@ -92,8 +92,8 @@ class Dense(Layer):
     def forward(self, x, mask=None, train=True):
         self.check_input(x, (2, 3), "input of shape (batch, features) or (batch, timesteps, features)")
         self.ensure_built(tuple(x.shape))
-        if x.shape[-1] != self.params[0].shape[0]:
-            raise TaggerError(f"layer {self.name!r} expects {self.params[0].shape[0]} features, got {x.shape[-1]}")
+        if tuple(x.shape)[-1] != self.params[0].shape[0]:
+            raise TaggerError(f"layer {self.name!r} expects {self.params[0].shape[0]} features, got {tuple(x.shape)[-1]}")
         ops = self.ops
         z = ops.dense_forward(x, self.params[0], self.params[1])
         y = ops.activation_forward(z, self.activation)
