@@ -346,10 +346,6 @@ def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc,
     off = offsets[s]
     off_prev = offsets[s - 1] if s > 0 else 0
     one = A.dtype.type(1)
-    dbi = db[:H]
-    dbf = db[H : 2 * H]
-    dbg = db[2 * H : 3 * H]
-    dbo = db[3 * H :]
     for k in range(n):
         r = order[k]
         t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
@@ -402,11 +398,8 @@ def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc,
             dzi[j] = d * g[j] * i[j] * (one - i[j])
             dzg[j] = d * i[j] * (one - g[j] * g[j])
             dck[j] = d * f[j]
-        for j in range(H):
-            dbi[j] += dzi[j]
-            dbf[j] += dzf[j]
-            dbg[j] += dzg[j]
-            dbo[j] += dzo[j]
+        for j in range(4 * H):
+            db[j] += dz[j]
 
 
 @dataclass
