@@ -452,6 +452,33 @@ def _schedule(starts, lengths, B):
     return starts, lengths, order, counts, offsets, S
 
 
+def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T):
+    """The time loop over packed pre-activations Z (N, G) = x W: per step one (n_s, H) @ (H, G)
+    GEMM and one fused gate kernel. Z becomes the gate activations in place.
+    Returns Y (B, T, H), h_last, c_last (B, H), Cp, TCp, Hprev (N, H)."""
+    dt = Z.dtype
+    B = order.shape[0]
+    H = U.shape[0]
+    N = Z.shape[0]
+    S = counts.shape[0] - 1
+    Cp = np.empty((N, H), dtype=dt)
+    TCp = np.empty((N, H), dtype=dt)
+    Hprev = np.empty((N, H), dtype=dt)
+    Hprev[: counts[0] if S else 0] = 0
+    Y = np.zeros((B, T, H), dtype=dt)
+    h_last = np.zeros((B, H), dtype=dt)
+    c_last = np.zeros((B, H), dtype=dt)
+    R = np.zeros((B, GATES * H), dtype=dt)
+    for s in range(S):
+        off = offsets[s]
+        n = counts[s]
+        if s > 0:
+            np.matmul(Hprev[off : off + n], U, out=R[:n])
+        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+                       order, starts, lengths, reverse, rec_m, has_rec)
+    return Y, h_last, c_last, Cp, TCp, Hprev
+
+
 def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
     """One LSTM direction over a padded batch (rows in any order, any padding side).
 
@@ -478,23 +505,10 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Xp = np.empty((N, I), dtype=dt)
     _pack_rows(X, in_m, has_in, order, starts, lengths, offsets, counts, reverse, Xp)
     Z = np.empty((N, G), dtype=dt)
-    Cp = np.empty((N, H), dtype=dt)
-    TCp = np.empty((N, H), dtype=dt)
-    Hprev = np.empty((N, H), dtype=dt)
-    Hprev[: counts[0] if S else 0] = 0
-    Y = np.zeros((B, T, H), dtype=dt)
-    h_last = np.zeros((B, H), dtype=dt)
-    c_last = np.zeros((B, H), dtype=dt)
-    R = np.zeros((B, G), dtype=dt)
     if N:
         np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
-    for s in range(S):
-        off = offsets[s]
-        n = counts[s]
-        if s > 0:
-            np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
-                       order, starts, lengths, reverse, rec_m, has_rec)
+    Y, h_last, c_last, Cp, TCp, Hprev = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
+                                                    rec_m, has_rec, T)
     cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
                       offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
     return Y, h_last, c_last, cache
@@ -544,6 +558,61 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
         _unpack_rows(dXp, c.in_mask, c.has_in_mask, c.order, c.starts, c.lengths, c.offsets, c.counts,
                      c.reverse, dX)
     return dX
+
+
+# ----------------------------------------------------------------------------------------
+# Inference from token ids: the input projection looked up instead of computed
+
+
+@njit(**_JIT)
+def _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z):
+    """Z[off_s + k] = P[ids[order[k], t]]  for every real step (the packed layout of _pack_rows)."""
+    G = P.shape[1]
+    for s in range(counts.shape[0] - 1):
+        off = offsets[s]
+        for k in range(counts[s]):
+            r = order[k]
+            t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
+            src = P[ids[r, t]]
+            dst = Z[off + k]
+            for j in range(G):
+                dst[j] = src[j]
+
+
+def lstm_input_table(table, W):
+    """P (V, G) = table (V, E) @ W (E, G): every vocabulary row's input projection.
+
+    For inference with frozen weights (recompute after any update): lstm_forward_ids then
+    looks rows up instead of running the (B*T, E) @ (E, G) GEMM, a third of the forward
+    FLOPs. Costs V * G floats (20k x 512 float32: 41 MB per direction) and one V-row GEMM,
+    so it pays off once more than ~V tokens are predicted with the same weights.
+    """
+    table = np.ascontiguousarray(table)
+    return np.matmul(table, np.ascontiguousarray(W, dtype=table.dtype))
+
+
+def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False):
+    """lstm_forward(embedding_forward(table, ids), W, U, b, starts, lengths, reverse) for
+    P = lstm_input_table(table, W), without the input GEMM. Inference only: no dropout
+    masks, and the returned cache is None (no backward).
+
+    P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), None.
+    """
+    P = np.ascontiguousarray(P)
+    dt = P.dtype
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    B, T = ids.shape
+    U = np.ascontiguousarray(U, dtype=dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    starts, lengths, order, counts, offsets, S = _schedule(starts, lengths, B)
+    N = int(offsets[S])
+    reverse = bool(reverse)
+    Z = np.empty((N, P.shape[1]), dtype=dt)
+    _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z)
+    Y, h_last, c_last, _, _, _ = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
+                                             _placeholder(dt), False, T)
+    return Y, h_last, c_last, None
 
 
 # ----------------------------------------------------------------------------------------
@@ -945,6 +1014,8 @@ def warmup(dtypes=(np.float32, np.float64)):
             lstm_backward(cache, None, None, None, np.zeros_like(W), np.zeros_like(U), np.zeros_like(b))
         table = np.zeros((5, 2), dtype=dt)
         ids = np.array([[1, 2], [3, 0]])
+        P = lstm_input_table(np.zeros((5, I), dtype=dt), W)
+        lstm_forward_ids(P, np.array([[1, 2, 3, 4], [1, 0, 0, 0], [0, 0, 0, 0]]), U, b, starts, lengths)
         embedding_backward(table, np.ones((2, 2, 2), dtype=dt), ids, ids != 0)
         embedding_backward(table, np.ones((2, 2, 2), dtype=dt), ids)
         logits = np.zeros((2, 2, 3), dtype=dt)

@@ -438,3 +438,25 @@ def test_gradient_utilities():
     z = cpu.zeros((2, 3))
     assert z.dtype == np.float32 and not z.any()
     assert cpu.to_numpy(cpu.asarray([1, 2], dtype=np.float64)).dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_forward_ids_equals_embedding_then_lstm(dtype, padding, reverse):
+    """The inference path from token ids through a projected table equals the two-op chain."""
+    rng = np.random.default_rng(18)
+    X, W, U, b, *_ = lstm_case(dtype, seed=18)
+    starts, lengths = spans(padding)
+    table = rng.normal(size=(11, X.shape[2])).astype(dtype)
+    ids = rng.integers(0, 11, size=(len(lengths), T))
+    want = cpu.lstm_forward(cpu.embedding_forward(table, ids), W, U, b, starts, lengths, reverse)
+    P = cpu.lstm_input_table(table, W)
+    assert P.shape == (11, W.shape[1]) and P.dtype == dtype
+    got = cpu.lstm_forward_ids(P, ids, U, b, starts, lengths, reverse)
+    assert got[3] is None
+    for w, g in zip(want[:3], got[:3]):
+        assert g.dtype == dtype and rel_err(w, g) < TOL[dtype]
+    t = np.arange(T)[None, :]
+    real = (t >= starts[:, None]) & (t < (starts + lengths)[:, None])
+    assert (got[0][~real] == 0).all()  # padding exactly 0 here too
