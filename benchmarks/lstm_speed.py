@@ -27,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--compare", choices=["torch"], default=None, help="also measure PyTorch on the same shapes")
     p.add_argument("--driver", choices=["layers", "ops"], default="layers",
                    help="ours through tagger.layers (default) or through tagger.ops.cpu directly")
+    p.add_argument("--projected", action="store_true",
+                   help="with --driver ops: inference looks the input projection up in embedding @ W "
+                        "(cpu.lstm_input_table / lstm_forward_ids) instead of computing it")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--infer-batch", type=int, default=256, help="inference batch size")
     p.add_argument("--batches", type=int, default=40, help="training batches per timed repeat")
@@ -39,8 +42,12 @@ def parse_args(argv=None):
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be fixed before numpy (and its BLAS) is imported
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    # --driver ops with --threads >= 2 runs the two directions in two threads, each with a
+    # one-thread BLAS (a multithreaded BLAS under each would oversubscribe the cores).
+    _blas = 1 if ARGS.driver == "ops" and ARGS.threads >= 2 else ARGS.threads
+    for var, n in (("NUMBA_NUM_THREADS", ARGS.threads), ("OMP_NUM_THREADS", _blas),
+                   ("OPENBLAS_NUM_THREADS", _blas), ("MKL_NUM_THREADS", _blas)):
+        os.environ[var] = str(n)
 
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -152,6 +159,21 @@ class OursModel:
         Y = ops.merge_forward(Yf, Yb, "concat")
         logits = ops.dense_forward(Y, Wd, bd)
         return logits, (X, cf, cb, Y, Yf, Yb)
+
+    def prepare_projected(self):
+        """P = embedding @ W per direction, once for the frozen inference weights."""
+        table, Wf, _, _, Wb = self.params[:5]
+        self.P = (self.ops.lstm_input_table(table, Wf), self.ops.lstm_input_table(table, Wb))
+
+    def infer_projected(self, ids, lens):
+        ops = self.ops
+        _, _, Uf, bf, _, Ub, bb, Wd, bd = self.params
+        starts = np.zeros(len(lens), dtype=np.int64)
+        (Yf, _, _, _), (Yb, _, _, _) = ops.lstm_forward_ids_pair(
+            (self.P[0], ids, Uf, bf, starts, lens, False), (self.P[1], ids, Ub, bb, starts, lens, True),
+            threads=self.threads,
+        )
+        return ops.dense_forward(ops.merge_forward(Yf, Yb, "concat"), Wd, bd).argmax(-1)
 
     def train_step(self, ids, labels, mask, lens):
         ops = self.ops
@@ -321,7 +343,8 @@ def main(args):
     train_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.batch, rng)]
     infer_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.infer_batch, rng)]
     print(f"lengths: {source}: {len(lengths)} sentences, mean {lengths.mean():.1f}, max {lengths.max()}")
-    print(f"threads: {args.threads} (NUMBA_NUM_THREADS/OMP/OPENBLAS/MKL; torch.set_num_threads)")
+    print(f"threads: {args.threads} (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
+          f"OPENBLAS/MKL/OMP={os.environ['OPENBLAS_NUM_THREADS']}; torch.set_num_threads({args.threads}))")
 
     if not args.no_compile_times:
         cold_s, cached_s = compile_times(args.threads)
@@ -333,8 +356,14 @@ def main(args):
         systems = [("tagger layers (numba)", model.train_step, model.infer)]
     else:
         model = OursModel(cpu, np.random.default_rng(1), args.threads)
-        systems = [("tagger ops (numba)", model.train_step,
-                    lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1))]
+        infer = lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1)  # noqa: E731
+        name = "tagger ops (numba)"
+        if args.projected:
+            t0 = time.perf_counter()
+            model.prepare_projected()
+            print(f"projected embedding tables (2 x {V} x {4 * H}): {time.perf_counter() - t0:.3f} s, once")
+            infer, name = model.infer_projected, "tagger ops+proj (numba)"
+        systems = [(name, model.train_step, infer)]
     if args.compare == "torch":
         tm = TorchModel(args.threads)
         systems.append((f"pytorch {tm.torch.__version__}", tm.train_step, tm.infer))

@@ -666,6 +666,16 @@ def lstm_backward_pair(args_fwd, args_bwd, threads=None):
     return first, fut.result()
 
 
+def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
+    """Two independent lstm_forward_ids calls, concurrently when threads >= 2."""
+    threads = num_threads() if threads is None else threads
+    if threads < 2:
+        return lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)
+    fut = _pool().submit(lstm_forward_ids, *args_bwd)
+    first = lstm_forward_ids(*args_fwd)
+    return first, fut.result()
+
+
 # ----------------------------------------------------------------------------------------
 # Embedding
 

@@ -455,6 +455,9 @@ def test_lstm_forward_ids_equals_embedding_then_lstm(dtype, padding, reverse):
     assert P.shape == (11, W.shape[1]) and P.dtype == dtype
     got = cpu.lstm_forward_ids(P, ids, U, b, starts, lengths, reverse)
     assert got[3] is None
+    args = (P, ids, U, b, starts, lengths, reverse)
+    for pair in cpu.lstm_forward_ids_pair(args, args, threads=2):
+        np.testing.assert_array_equal(pair[0], got[0])
     for w, g in zip(want[:3], got[:3]):
         assert g.dtype == dtype and rel_err(w, g) < TOL[dtype]
     t = np.arange(T)[None, :]
