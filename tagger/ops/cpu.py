@@ -850,17 +850,11 @@ def softmax_xent(logits, labels, mask=None):
 @njit(**_JIT)
 def _adam_rows(P, G, M, V, rows, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weight_decay, bc1, bc2):
     """AdamW on the given rows of 2-D P, G, M, V; scalars in the dtype of P."""
-    D = P.shape[1]
     for q in range(rows.shape[0]):
         r = rows[q]
-        for j in range(D):
-            g = G[r, j]
-            m = beta1 * M[r, j] + one_m_beta1 * g
-            v = beta2 * V[r, j] + one_m_beta2 * g * g
-            M[r, j] = m
-            V[r, j] = v
-            p = P[r, j]
-            P[r, j] = p - lr * ((m / bc1) / (math.sqrt(v / bc2) + eps) + weight_decay * p)
+        # one row at a time through the 1-D kernel: 1-D row views vectorise
+        _adam_flat(P[r], G[r], M[r], V[r], lr, beta1, one_m_beta1, beta2, one_m_beta2, eps,
+                   weight_decay, bc1, bc2)
 
 
 @njit(**_JIT)
@@ -898,14 +892,9 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
 
 @njit(**_JIT)
 def _sgd_rows(P, G, Vel, rows, lr, momentum, weight_decay):
-    D = P.shape[1]
     for q in range(rows.shape[0]):
         r = rows[q]
-        for j in range(D):
-            vel = momentum * Vel[r, j] + G[r, j]
-            Vel[r, j] = vel
-            p = P[r, j]
-            P[r, j] = p - lr * (vel + weight_decay * p)
+        _sgd_flat(P[r], G[r], Vel[r], lr, momentum, weight_decay)  # 1-D row views vectorise
 
 
 @njit(**_JIT)
