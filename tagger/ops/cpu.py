@@ -871,6 +871,8 @@ def _adam_flat(P, G, M, V, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weig
 
 def _flat(a):
     """1-D view of a C-contiguous array (the optimiser state is always contiguous)."""
+    if a.ndim == 1:
+        return a
     if not a.flags.c_contiguous:
         raise ValueError("optimiser arrays must be C-contiguous")
     return a.reshape(-1)
@@ -882,8 +884,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
     # beta2 to float32 *before* forming 1 - beta2 would be off by 1e-5); float32 arithmetic
     # in the kernel keeps it vectorised at full width.
     t = param.dtype.type
-    sc = tuple(t(x) for x in (lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
-                              1 - beta1**step, 1 - beta2**step))
+    sc = (t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), t(weight_decay),
+          t(1 - beta1**step), t(1 - beta2**step))
     if rows is None:
         _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
     else:
