@@ -23,11 +23,19 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
               dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
               three large GEMMs after the time loop.
 
-Transcendentals: float32 kernels use a branch-free Cephes-style exp (pure arithmetic, so
-LLVM vectorises the gate loops; libm's expf/tanhf are not vectorised without SVML) with
-sigmoid and tanh built on exp(-|x|), which cannot overflow. float64 kernels use libm
-(they serve the gradient checks; accuracy first). No kernel uses fastmath: the gate
-loops vectorise without it (no reductions across lanes), so there is nothing to gain.
+Transcendentals: libm's expf/tanhf do not vectorise without SVML, so float32 kernels use
+pure-arithmetic approximations that LLVM vectorises: the LSTM gates Eigen's rational tanh
+(sigmoid(x) = (1 + tanh(x/2)) / 2; absolute error < 3e-7), the sigmoid activation a
+Cephes-style exp(-|x|) (relative accuracy into the tail). float64 kernels use libm: they
+serve the gradient checks, accuracy first. fastmath: only the "contract" flag (FMA), on the
+two LSTM kernels; see _JIT_FMA.
+
+Beyond OP_NAMES (optional helpers; layers may ignore them):
+    lstm_forward_pair / lstm_backward_pair   the two directions of a Bidirectional layer,
+                                             concurrently in two threads when threads >= 2
+    lstm_input_table, lstm_forward_ids(_pair) inference from token ids, the input projection
+                                             looked up in embedding @ W instead of computed
+    compile_notice(), warmup()               Numba cache state, and compiling every kernel
 """
 from __future__ import annotations
 

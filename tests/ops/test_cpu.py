@@ -463,3 +463,24 @@ def test_lstm_forward_ids_equals_embedding_then_lstm(dtype, padding, reverse):
     t = np.arange(T)[None, :]
     real = (t >= starts[:, None]) & (t < (starts + lengths)[:, None])
     assert (got[0][~real] == 0).all()  # padding exactly 0 here too
+
+
+def test_float32_gate_approximations():
+    """The LSTM kernels' float32 tanh/sigmoid (rational, vectorisable) against libm in float64."""
+    from numba import njit
+
+    @njit
+    def gates(x, t, s):
+        for n in range(x.shape[0]):
+            t[n] = cpu._gate_tanh(x[n])
+            s[n] = cpu._gate_sigmoid(x[n])
+
+    x = np.concatenate([np.linspace(-30, 30, 60001), [-1e4, 1e4, 0.0, 1e-6, -1e-6]]).astype(np.float32)
+    t, s = np.empty_like(x), np.empty_like(x)
+    gates(x, t, s)
+    x64 = x.astype(np.float64)
+    assert np.abs(t - np.tanh(x64)).max() < 3e-7
+    assert np.abs(s - ref.activation_forward(x64, "sigmoid")).max() < 3e-7
+    assert (np.abs(t) <= 1).all() and (s >= 0).all() and (s <= 1).all()
+    small = np.abs(x64) < 1e-3  # near 0 the error is relative
+    np.testing.assert_allclose(t[small], np.tanh(x64[small]), rtol=1e-6, atol=1e-12)
