@@ -262,6 +262,21 @@ def _unpack_rows(dXp, in_mask, has_in_mask, order, starts, lengths, offsets, cou
                     dX[r, t, j] = dXp[off + k, j]
 
 
+@njit(**_JIT)
+def _zero_padding(Y, starts, lengths):
+    """Y[b, t] = 0 outside each row's real span (the kernels write every real position, so
+    this replaces zero-filling the whole (B, T, .) array first)."""
+    T = Y.shape[1]
+    for r in range(Y.shape[0]):
+        a = starts[r]
+        e = starts[r] + lengths[r]
+        for t in range(T):
+            if t < a or t >= e:
+                y = Y[r, t]
+                for j in range(y.shape[0]):
+                    y[j] = 0
+
+
 @njit(**_JIT_FMA)
 def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
                    order, starts, lengths, reverse, rec_mask, has_rec_mask):
@@ -473,7 +488,8 @@ def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m
     TCp = np.empty((N, H), dtype=dt)
     Hprev = np.empty((N, H), dtype=dt)
     Hprev[: counts[0] if S else 0] = 0
-    Y = np.zeros((B, T, H), dtype=dt)
+    Y = np.empty((B, T, H), dtype=dt)
+    _zero_padding(Y, starts, lengths)
     h_last = np.zeros((B, H), dtype=dt)
     c_last = np.zeros((B, H), dtype=dt)
     R = np.zeros((B, GATES * H), dtype=dt)
@@ -556,7 +572,8 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
             np.matmul(dZ[off : off + n], UT, out=dHm[:n])
     # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
     db += db_acc
-    dX = np.zeros((B, T, I), dtype=dt)
+    dX = np.empty((B, T, I), dtype=dt)
+    _zero_padding(dX, c.starts, c.lengths)
     if N:
         dW += c.Xp.T @ dZ
         n0 = c.counts[0]
