@@ -69,6 +69,8 @@ class Optimizer:
         for layer, k in slots(model):
             self.update(layer, k)
         for layer in _leaves(model):
+            if layer.trainable:
+                layer.version += 1
             layer.zero_grad()
 
     def update(self, layer, k):

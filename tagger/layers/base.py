@@ -127,6 +127,9 @@ class Layer:
         self.built = False
         self.input_shape = None
         self._calls = 0
+        # bumped whenever the weights change (set_weights, an optimiser step), so caches
+        # derived from them (the projected embedding tables) know when to refresh
+        self.version = 0
 
     @property
     def ops(self):
@@ -161,6 +164,7 @@ class Layer:
                     f"layer {self.name!r} weight {self.param_names[k]!r}: expected shape {tuple(old.shape)}, got {new.shape}"
                 )
             self.params[k] = self.ops.asarray(new, dtype=self.dtype)
+        self.version += 1
 
     def count_params(self):
         return int(sum(int(np.prod(p.shape)) for p in self.params))

@@ -226,8 +226,15 @@ class Bidirectional(Layer):
     def forward(self, x, mask=None, train=True):
         self.ensure_built(tuple(x.shape))
         ops = self.ops
-        yf, back_f = self.forward_layer.forward(x, mask, train)
-        yb, back_b = self.backward_layer.forward(x, mask, train)
+        fw, bw = self.forward_layer, self.backward_layer
+        pair = getattr(ops, "lstm_forward_pair", None)
+        if pair is not None and not self.return_state:
+            # the two directions are independent until the merge: the backend runs them
+            # concurrently (two threads) when it has the cores
+            (yf, back_f), (yb, back_b) = _lstm_pair(ops, fw, bw, x, mask, train)
+        else:
+            yf, back_f = fw.forward(x, mask, train)
+            yb, back_b = bw.forward(x, mask, train)
         of = yf[0] if self.return_state else yf
         ob = yb[0] if self.return_state else yb
         out = ops.merge_forward(of, ob, self.merge_mode)
@@ -238,7 +245,9 @@ class Bidirectional(Layer):
             else:
                 dout = dy
             dof, dob = ops.merge_backward(dout, of, ob, self.merge_mode)
-            if self.return_state:
+            if getattr(back_f, "pairable", False):
+                dxf, dxb = ops.lstm_backward_pair(back_f.args(dof), back_b.args(dob))
+            elif self.return_state:
                 dxf = back_f([dof, dhf, dcf])
                 dxb = back_b([dob, dhb, dcb])
             else:
@@ -249,3 +258,56 @@ class Bidirectional(Layer):
         if self.return_state:
             return [out, yf[1], yf[2], yb[1], yb[2]], backprop
         return out, backprop
+
+    def infer_from_ids(self, embedding, ids, mask):
+        """Inference straight from token ids: each direction looks its input projection up
+        in a table P = embeddings @ kernel (V, 4H), computed once per weight version, instead
+        of multiplying every token's vector (a third of the forward's arithmetic).
+        Only for backends with lstm_forward_ids; equal to forward(embedding(ids)) otherwise."""
+        ops = self.ops
+        B, T = ids.shape
+        starts, lengths = mask_to_spans(mask, B, T)
+        args = []
+        for lstm in (self.forward_layer, self.backward_layer):
+            key = (id(embedding), embedding.version, lstm.version)
+            if getattr(lstm, "_projection_key", None) != key:
+                lstm._projection = ops.lstm_input_table(embedding.params[0], lstm.params[0])
+                lstm._projection_key = key
+            args.append((lstm._projection, ids, lstm.params[1], lstm.params[2], starts, lengths, lstm.go_backwards))
+        (Yf, hf, _, _), (Yb, hb, _, _) = ops.lstm_forward_ids_pair(args[0], args[1])
+        if self.return_sequences:
+            return ops.merge_forward(Yf, Yb, self.merge_mode)
+        return ops.merge_forward(hf, hb, self.merge_mode)
+
+
+def _lstm_pair(ops, fw, bw, x, mask, train):
+    """Both directions' forward through ops.lstm_forward_pair; returns ((y, backprop), ...)
+    with backprops that Bidirectional can also run as a pair."""
+    B, T, I = x.shape
+    starts, lengths = mask_to_spans(mask, B, T)
+    calls = []
+    for lstm in (fw, bw):
+        lstm.ensure_built(tuple(x.shape))
+        in_mask = rec_mask = None
+        if train and lstm.dropout > 0:
+            in_mask = ops.dropout_mask((B, I), lstm.dropout, lstm.next_seed(), lstm.dtype)
+        if train and lstm.recurrent_dropout > 0:
+            rec_mask = ops.dropout_mask((B, lstm.units), lstm.recurrent_dropout, lstm.next_seed(), lstm.dtype)
+        calls.append((x, *lstm.params, starts, lengths, lstm.go_backwards, in_mask, rec_mask))
+    results = ops.lstm_forward_pair(calls[0], calls[1])
+    out = []
+    for lstm, (Y, h, c, cache) in zip((fw, bw), results):
+        y = Y if lstm.return_sequences else h
+
+        def backprop(dy, lstm=lstm, cache=cache):
+            return ops.lstm_backward(*backprop.args(dy))
+
+        def args(dy, lstm=lstm, cache=cache):
+            if lstm.return_sequences:
+                return (cache, dy, None, None, *lstm.grads)
+            return (cache, None, dy, None, *lstm.grads)
+
+        backprop.args = args
+        backprop.pairable = True
+        out.append((y, backprop))
+    return out

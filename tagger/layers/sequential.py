@@ -6,6 +6,7 @@ import numpy as np
 from tagger.errors import TaggerError
 
 from .base import Layer
+from .core import Dropout, Embedding
 from .recurrent import Bidirectional, LSTM
 
 
@@ -125,7 +126,17 @@ class Sequential(Layer):
         if not self.built:
             self.build(tuple(x.shape))
         backprops = []
-        for layer in self.layers:
+        layers = self.layers
+        if not train and self.projected_inference:
+            fast = self._projected_prefix()
+            if fast is not None:
+                embedding, k = fast
+                ids = np.asarray(self.ops.to_numpy(x))
+                mask = embedding.compute_mask(x, mask)
+                x = layers[k].infer_from_ids(embedding, ids, mask)
+                mask = layers[k].compute_mask(x, mask)
+                layers = layers[k + 1 :]
+        for layer in layers:
             next_mask = layer.compute_mask(x, mask)
             x, backprop = layer.forward(x, mask, train)
             mask = next_mask
@@ -137,6 +148,23 @@ class Sequential(Layer):
             return dy
 
         return x, backprop
+
+    # inference from ids through projected tables (see Bidirectional.infer_from_ids)
+    projected_inference = True
+
+    def _projected_prefix(self):
+        """(embedding, index of the Bidirectional) when the stack starts Embedding ->
+        [Dropout...] -> Bidirectional(LSTM) and the backend can look projections up."""
+        if not self.layers or not isinstance(self.layers[0], Embedding) or not self.layers[0].mask_zero:
+            return None
+        if not hasattr(self.ops, "lstm_forward_ids_pair"):
+            return None
+        k = 1
+        while k < len(self.layers) and isinstance(self.layers[k], Dropout):
+            k += 1  # identity at inference
+        if k < len(self.layers) and isinstance(self.layers[k], Bidirectional) and not self.layers[k].return_state:
+            return self.layers[0], k
+        return None
 
     # -- summary ------------------------------------------------------------------------
     def summary(self, print_fn=print, line_length=78):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tagger.errors import TaggerError
-from tagger.layers import LSTM, Bidirectional, Dense, Embedding, Sequential
+from tagger.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
 
 
 def ragged(seed=0, B=4, T=6, I=3):
@@ -146,3 +146,35 @@ def test_set_weights_shape_mismatch_names_the_weight():
     layer.ensure_built((None, 4, 2))
     with pytest.raises(TaggerError, match="recurrent_kernel"):
         layer.set_weights([np.zeros((2, 12)), np.zeros((4, 12)), np.zeros(12)])
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("merge_mode", ["concat", "ave"])
+def test_projected_inference_equals_the_plain_forward(return_sequences, merge_mode):
+    """Embedding -> Bidirectional at inference may look input projections up (cpu backend):
+    same outputs as the plain path, and refreshed after a weight update."""
+    from tagger.optim import SGD
+
+    ids = np.array([[4, 2, 7, 1, 3], [5, 0, 0, 0, 0], [0, 0, 6, 2, 2]])  # post- and pre-padded rows
+    model = Sequential(
+        [Embedding(9, 4), Dropout(0.3), Bidirectional(LSTM(3, return_sequences=return_sequences), merge_mode=merge_mode), Dense(2)],
+        seed=4, ops="cpu", dtype=np.float64,
+    )
+    assert model._projected_prefix() is not None  # the cpu backend takes the fast path
+
+    def both():
+        model.projected_inference = True
+        fast, _ = model.forward(ids, train=False)
+        model.projected_inference = False
+        plain, _ = model.forward(ids, train=False)
+        return np.asarray(fast), np.asarray(plain)
+
+    fast, plain = both()
+    np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-14)
+    # one training step changes the weights: the cached projection must follow
+    y, backprop = model.forward(ids, train=True)
+    backprop(np.ones_like(y))
+    SGD(lr=0.5).step(model)
+    fast2, plain2 = both()
+    np.testing.assert_allclose(fast2, plain2, rtol=1e-12, atol=1e-14)
+    assert np.abs(fast2 - fast).max() > 1e-6
