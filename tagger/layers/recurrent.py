@@ -259,6 +259,26 @@ class Bidirectional(Layer):
             return [out, yf[1], yf[2], yb[1], yb[2]], backprop
         return out, backprop
 
+    def projection_pays(self, embedding, shape):
+        """Whether to predict through the projected tables now.
+
+        A table costs V rows of the input GEMM; the plain path costs one row per token.
+        Like renting skis before buying them, keep to the plain path until the tokens
+        predicted with the current weights reach V, then build the tables: never more
+        than twice the cheaper choice, whether the weights change every batch (evaluation
+        during training) or never (prediction).
+        """
+        key = (id(embedding), embedding.version, self.forward_layer.version, self.backward_layer.version)
+        if getattr(self, "_projection_key", None) == key:
+            return True
+        if getattr(self, "_plain_key", None) != key:
+            self._plain_key, self._plain_tokens = key, 0
+        self._plain_tokens += int(np.prod(shape))
+        if self._plain_tokens >= embedding.input_dim:
+            self._projection_key = key
+            return True
+        return False
+
     def infer_from_ids(self, embedding, ids, mask):
         """Inference straight from token ids: each direction looks its input projection up
         in a table P = embeddings @ kernel (V, 4H), computed once per weight version, instead

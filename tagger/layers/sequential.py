@@ -129,7 +129,7 @@ class Sequential(Layer):
         layers = self.layers
         if not train and self.projected_inference:
             fast = self._projected_prefix()
-            if fast is not None:
+            if fast is not None and fast[1] < len(layers) and layers[fast[1]].projection_pays(fast[0], x.shape):
                 embedding, k = fast
                 ids = np.asarray(self.ops.to_numpy(x))
                 mask = embedding.compute_mask(x, mask)

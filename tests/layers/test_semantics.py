@@ -161,6 +161,7 @@ def test_projected_inference_equals_the_plain_forward(return_sequences, merge_mo
         seed=4, ops="cpu", dtype=np.float64,
     )
     assert model._projected_prefix() is not None  # the cpu backend takes the fast path
+    model.layers[2].projection_pays = lambda embedding, shape: True  # build the tables at once
 
     def both():
         model.projected_inference = True
@@ -178,3 +179,12 @@ def test_projected_inference_equals_the_plain_forward(return_sequences, merge_mo
     fast2, plain2 = both()
     np.testing.assert_allclose(fast2, plain2, rtol=1e-12, atol=1e-14)
     assert np.abs(fast2 - fast).max() > 1e-6
+
+
+def test_projection_is_built_only_once_enough_tokens_are_predicted():
+    """Ski rental: the plain path until the tokens predicted with the same weights reach V."""
+    model = Sequential([Embedding(40, 4), Bidirectional(LSTM(3, return_sequences=True)), Dense(2)], seed=1, ops="cpu")
+    bid = model.layers[1]
+    ids = np.ones((2, 5), dtype=np.int64)  # 10 tokens a call
+    used = [model.forward(ids, train=False) and getattr(bid, "_projection_key", None) is not None for _ in range(5)]
+    assert used == [False, False, False, True, True]
