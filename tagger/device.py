@@ -46,3 +46,11 @@ def resolve_device(device: str = "cpu", announce=False):
         print(f"device: {'cuda (' + info + ')' if ops.__name__.endswith('cuda') else 'cpu'}"
               + ("" if usable or device == "cuda" else f" [auto: {info}]"), file=sys.stderr)
     return ops
+
+
+def announce_compile(ops):
+    """Say so before the first run compiles the backend's Numba kernels (later runs load
+    them from the on-disk cache)."""
+    cold = getattr(ops, "compile_notice", None)
+    if cold is not None and cold():
+        print("compiling Numba kernels (first run only; later runs load them from the cache)...", file=sys.stderr)

@@ -69,9 +69,11 @@ def save_model(model, path, metrics=None):
 
 
 def _resolve_device(device):
-    from tagger.device import resolve_device
+    from tagger.device import announce_compile, resolve_device
 
-    return resolve_device(device)
+    ops = resolve_device(device)
+    announce_compile(ops)
+    return ops
 
 
 def is_model_dir(path) -> bool:

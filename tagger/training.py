@@ -193,7 +193,7 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
 
     Returns the final metrics (dev and test scores of the best model).
     """
-    from tagger.device import resolve_device
+    from tagger.device import announce_compile, resolve_device
     from tagger.io import load_model
     from tagger.models import Model, build_network
 
@@ -202,7 +202,7 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
     ops = resolve_device(device, announce=True)
-    _compile_notice(ops)
+    announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
     network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
     model = Model(config, words, labels, network)
@@ -268,11 +268,3 @@ def _progress(total, enabled):
 
     # disable=None: no bar when stderr is not a terminal (batch jobs, CI logs); epoch lines still print
     return tqdm(total=total, unit="batch", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, disable=None)
-
-
-def _compile_notice(ops):
-    notice = getattr(ops, "compile_notice", None)
-    if notice is None:
-        return
-    if notice():
-        print("compiling Numba kernels (first run only; later runs load them from the cache)...", file=sys.stderr)
