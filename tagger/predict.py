@@ -106,7 +106,7 @@ def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
 
 def _chunks(path: Path, encoding: str) -> Iterator[list[tuple[int, str]]]:
     chunk = []
-    for lineno, line in iter_lines(path, encoding):
+    for lineno, line in iter_lines(path, encoding, encoding_option="--encoding"):
         if line.strip():
             chunk.append((lineno, line))
         if len(chunk) >= CHUNK_LINES:

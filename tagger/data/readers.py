@@ -46,13 +46,16 @@ def check_file(path: PathLike) -> Path:
     return path
 
 
-def iter_lines(path: PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` with line ends removed; decode errors name the line."""
+def iter_lines(
+    path: PathLike, encoding: str = "utf-8", encoding_option: str = "data.encoding"
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` with line ends removed; decode errors name the line
+    and the setting that fixes them (``encoding_option``)."""
     path = check_file(path)
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise DataError(f"{path}: unknown encoding {encoding!r}; set data.encoding to e.g. utf-8 or latin-1") from None
+        raise DataError(f"{path}: unknown encoding {encoding!r}; set {encoding_option} to e.g. utf-8 or latin-1") from None
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
@@ -63,7 +66,8 @@ def iter_lines(path: PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, s
                 hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
                 raise DataError(
                     f"{path}:{lineno}: byte 0x{byte:02x} is not valid {encoding}; "
-                    f"set data.encoding (e.g. {hint}) in the config"
+                    f"set {encoding_option} (e.g. {hint})"
+                    + (" in the config" if encoding_option.startswith("data.") else "")
                 ) from None
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
