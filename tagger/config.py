@@ -152,6 +152,10 @@ class TrainingConfig(Section):
     min_lr: float = Field(1.0e-5, ge=0.0, description="plateau: lower bound of lr")
     seed: int = Field(0, description="seed for initialisation, shuffling and the dev split")
     eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or each epoch")
+    unk_replace: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="replace words seen once in train by [UNK] with this probability, so [UNK] is learned (Lample et al. 2016 use 0.5)",
+    )
 
     @model_validator(mode="after")
     def _eval_every_positive(self) -> "TrainingConfig":

@@ -125,12 +125,30 @@ def evaluate(model, examples, batch_size=256) -> dict:
 # the loop
 
 
+def singleton_ids(model, train_examples) -> np.ndarray:
+    """Ids of the vocabulary words that occur exactly once in the training data."""
+    from collections import Counter
+
+    counts = Counter(model.words.normalize(t) for ex in train_examples for t in ex.tokens)
+    ids = [model.words.word_to_id(w) for w, n in counts.items() if n == 1]
+    return np.unique(np.array([i for i in ids if i > 1], dtype=np.int64))
+
+
+def replace_singletons(batch, singletons, p, rng):
+    """A copy of `batch` whose singleton words become [UNK] (id 1) with probability p."""
+    from dataclasses import replace
+
+    hit = np.isin(batch.ids, singletons) & (rng.random(batch.ids.shape) < p)
+    return replace(batch, ids=np.where(hit, 1, batch.ids).astype(batch.ids.dtype))
+
+
 def train_loop(model, train_examples, dev_examples, tcfg, log=None):
     """Yield (step, info, is_best) after each evaluation.
 
     Stops after `tcfg.epochs`, `tcfg.max_steps` updates, or `tcfg.patience` evaluations
     without a better dev score. `log(step, n_tokens, loss)` is called after every update.
     """
+    singletons = singleton_ids(model, train_examples) if tcfg.unk_replace > 0 else None
     optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
     schedule = ReduceOnPlateau(optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
     best, bad, step = -math.inf, 0, 0
@@ -139,7 +157,10 @@ def train_loop(model, train_examples, dev_examples, tcfg, log=None):
         batches = model.batches(
             train_examples, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch
         )
+        unk_rng = np.random.default_rng([tcfg.seed, epoch])
         for k, batch in enumerate(batches):
+            if singletons is not None and len(singletons):
+                batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
             loss = model.train_step(batch)
             if not math.isfinite(loss):
                 raise TaggerError(f"training diverged at step {step + 1} (loss {loss}); lower training.lr or set training.clip_norm")

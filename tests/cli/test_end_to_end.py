@@ -193,3 +193,19 @@ def test_short_training_on_real_ud_data_beats_majority(cli, tmp_path, corpora_ro
     support = {k: v["support"] for k, v in dev["report"]["per_class"].items()}
     majority = max(support.values()) / sum(support.values())
     assert dev["accuracy"] > majority + 0.3, (dev["accuracy"], majority)
+
+
+def test_singleton_words_are_replaced_by_unk_at_the_given_rate():
+    from tagger.data.batching import make_batches
+    from tagger.training import replace_singletons
+
+    rng = np.random.default_rng(0)
+    ids = [list(rng.integers(2, 50, size=30)) for _ in range(40)]
+    batch = make_batches(ids, batch_size=40)[0]
+    singletons = np.arange(2, 10)
+    out = replace_singletons(batch, singletons, 0.5, np.random.default_rng(1))
+    was = np.isin(batch.ids, singletons)
+    assert (out.ids[~was] == batch.ids[~was]).all()  # other words and padding untouched
+    rate = (out.ids[was] == 1).mean()
+    assert 0.4 < rate < 0.6
+    assert (out.lengths == batch.lengths).all() and out.labels is batch.labels
