@@ -972,20 +972,9 @@ def sum_of_squares(grad, rows=None):
     return float(_sumsq_rows(g.reshape(g.shape[0], -1), np.ascontiguousarray(rows, dtype=np.int64)))
 
 
-def scale_(arr, factor, rows=None):
-    """In-place arr *= factor (on rows only, if given)."""
-    if rows is None:
-        arr *= factor
-    else:
-        arr[rows] *= factor
-
-
-def fill_(arr, value, rows=None):
-    """In-place fill (gradient zeroing; on rows only, if given)."""
-    if rows is None:
-        arr[...] = value
-    else:
-        arr[rows] = value
+# in-place scale and fill of host arrays: NumPy's own indexing is already the fast path
+scale_ = _ref.scale_
+fill_ = _ref.fill_
 
 
 # ----------------------------------------------------------------------------------------
