@@ -119,6 +119,10 @@ class VocabConfig(Section):
     min_freq: int = Field(1, ge=1, description="keep words seen at least this often in train")
     max_size: int | None = Field(None, ge=1, description="keep at most this many words (besides [PAD], [UNK])")
     lowercase: bool = Field(False, description="lower-case words before lookup")
+    unknown_classes: bool = Field(
+        True,
+        description="unknown words map to a shape class ([UNK-Cap], [UNK-NUM], [UNK-lower-ing] ...) instead of one [UNK]",
+    )
 
 
 class ModelConfig(Section):
@@ -154,7 +158,7 @@ class TrainingConfig(Section):
     eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or each epoch")
     unk_replace: float = Field(
         0.0, ge=0.0, lt=1.0,
-        description="replace words seen once in train by [UNK] with this probability, so [UNK] is learned (Lample et al. 2016 use 0.5)",
+        description="replace words seen once in train by their [UNK] class with this probability, so the unknown-word rows are learned (Lample et al. 2016 use 0.5)",
     )
 
     @model_validator(mode="after")

@@ -61,6 +61,7 @@ def build_vocabularies(config, train):
         min_freq=config.vocab.min_freq,
         max_size=config.vocab.max_size,
         lowercase=config.vocab.lowercase,
+        unknown_classes=config.vocab.unknown_classes,
     )
     if config.model.task == "tag":
         from tagger.data.schemes import convert
@@ -125,21 +126,39 @@ def evaluate(model, examples, batch_size=256) -> dict:
 # the loop
 
 
-def singleton_ids(model, train_examples) -> np.ndarray:
-    """Ids of the vocabulary words that occur exactly once in the training data."""
+def singleton_replacements(model, train_examples) -> np.ndarray:
+    """Per vocabulary id, what a word seen once in training is replaced by; -1 elsewhere.
+
+    The replacement is the word's unknown-word class (``[UNK-Cap]`` ...) when the
+    vocabulary has classes, else ``[UNK]``: the rows an unseen word will hit at test time
+    are trained on the rare words they stand for.  A singleton has one surface form, so
+    its class is exact even with a lower-casing vocabulary.
+    """
     from collections import Counter
 
-    counts = Counter(model.words.normalize(t) for ex in train_examples for t in ex.tokens)
-    ids = [model.words.word_to_id(w) for w, n in counts.items() if n == 1]
-    return np.unique(np.array([i for i in ids if i > 1], dtype=np.int64))
+    words = model.words
+    surface = {}
+    counts: Counter[str] = Counter()
+    for ex in train_examples:
+        for t in ex.tokens:
+            norm = words.normalize(t)
+            counts[norm] += 1
+            surface.setdefault(norm, t)
+    target = np.full(len(words), -1, dtype=np.int64)
+    for w, n in counts.items():
+        idx = words.word_to_id(w)
+        if n == 1 and idx not in words.unknown_ids and idx != 0:
+            target[idx] = words.unknown_id(surface[w])
+    return target
 
 
-def replace_singletons(batch, singletons, p, rng):
-    """A copy of `batch` whose singleton words become [UNK] (id 1) with probability p."""
+def replace_singletons(batch, replacements, p, rng):
+    """A copy of `batch` whose singleton words become their unknown-word entry with probability p."""
     from dataclasses import replace
 
-    hit = np.isin(batch.ids, singletons) & (rng.random(batch.ids.shape) < p)
-    return replace(batch, ids=np.where(hit, 1, batch.ids).astype(batch.ids.dtype))
+    target = replacements[batch.ids]
+    hit = (target >= 0) & (rng.random(batch.ids.shape) < p)
+    return replace(batch, ids=np.where(hit, target, batch.ids).astype(batch.ids.dtype))
 
 
 def train_loop(model, train_examples, dev_examples, tcfg, log=None):
@@ -148,7 +167,7 @@ def train_loop(model, train_examples, dev_examples, tcfg, log=None):
     Stops after `tcfg.epochs`, `tcfg.max_steps` updates, or `tcfg.patience` evaluations
     without a better dev score. `log(step, n_tokens, loss)` is called after every update.
     """
-    singletons = singleton_ids(model, train_examples) if tcfg.unk_replace > 0 else None
+    singletons = singleton_replacements(model, train_examples) if tcfg.unk_replace > 0 else None
     optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
     schedule = ReduceOnPlateau(optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
     best, bad, step = -math.inf, 0, 0
@@ -159,7 +178,7 @@ def train_loop(model, train_examples, dev_examples, tcfg, log=None):
         )
         unk_rng = np.random.default_rng([tcfg.seed, epoch])
         for k, batch in enumerate(batches):
-            if singletons is not None and len(singletons):
+            if singletons is not None:
                 batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
             loss = model.train_step(batch)
             if not math.isfinite(loss):

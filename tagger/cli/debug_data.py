@@ -42,7 +42,8 @@ def data_report(cfg) -> dict:
             continue
         tokens = [t for ex in examples for t in ex.tokens]
         ids = words.encode_batch([ex.tokens for ex in examples])
-        unk = sum(1 for s in ids for i in s if i == 1)
+        unknown = words.unknown_ids
+        unk = sum(1 for s in ids for i in s if i in unknown)
         dist = Counter(t for ex in examples for t in ex.labels) if tag else Counter(ex.label for ex in examples)
         lengths = [len(ex.tokens) for ex in examples]
         entry = {

@@ -14,6 +14,16 @@ WordVocab
     Encoding a pre-tokenised sentence gives exactly one id per word (a word is never
     split again: the pre-tokenised path runs without the pre-tokenizer).
 
+Unknown-word classes
+    With ``unknown_classes`` a word missing from the vocabulary maps to the entry of its
+    shape class (:func:`unknown_class`: ``[UNK-Cap-s]``, ``[UNK-ALLCAPS]``, ``[UNK-NUM]``,
+    ``[UNK-lower-ing]`` ...) instead of the one ``[UNK]``, so an unseen name and an unseen
+    verb no longer share a vector (the Berkeley/Stanford parsers' signatures; word-level,
+    computed from the surface form before lower-casing).  The classes are ordinary
+    entries appended after the words, one for each class that occurs in training, so
+    ``tokenizer.json`` stays a plain WordLevel model and old files keep their ids; a
+    class never seen in training falls back to ``[UNK]``.
+
 LabelVocab
     Labels <-> ids in a fixed list order (JSON: a list of strings).  An unknown label
     at evaluation time raises :class:`~tagger.errors.DataError` naming the label and the
@@ -34,6 +44,51 @@ from tagger.errors import DataError
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
+
+# Suffixes that mark a word's part of speech in English (checked longest first within the
+# list order); a class is "<shape>-<suffix>" for lower-case and capitalised words.
+UNKNOWN_SUFFIXES = (
+    "ing", "ed", "ly", "ion", "ness", "ment", "ity", "able", "ible", "ous", "ive", "ful",
+    "less", "ist", "ism", "est", "er", "al", "ic", "an", "es", "s", "y",
+)
+
+
+def unknown_class(word: str) -> str:
+    """The shape class of a word, as a vocabulary entry: ``[UNK-<shape>[-<suffix>]]``.
+
+    Shapes: ``NUM`` (digits and punctuation: 3.50, 1,000, 12:30), ``ALNUM`` (letters and
+    digits: A4, 1990s), ``SYM`` (no letter, no digit), ``ALLCAPS`` (2+ letters, all upper:
+    NATO), ``Cap`` (first letter upper: Smith), ``mIxed`` (an upper letter later: eBay),
+    ``lower``; a hyphen adds ``-hyph``; lower and Cap words add a known suffix.
+    """
+    if not word:
+        return UNK
+    if any(c.isdigit() for c in word):
+        return "[UNK-ALNUM]" if any(c.isalpha() for c in word) else "[UNK-NUM]"
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        return "[UNK-SYM]"
+    if len(letters) > 1 and all(c.isupper() for c in letters):
+        shape = "ALLCAPS"
+    elif letters[0].isupper():
+        shape = "Cap"
+    elif any(c.isupper() for c in letters):
+        shape = "mIxed"
+    else:
+        shape = "lower"
+    if "-" in word:
+        return f"[UNK-{shape}-hyph]"
+    if shape in ("Cap", "lower"):
+        low = word.lower()
+        for suffix in UNKNOWN_SUFFIXES:
+            if low.endswith(suffix) and len(low) > len(suffix) + 1:
+                return f"[UNK-{shape}-{suffix}]"
+    return f"[UNK-{shape}]"
+
+
+def is_unknown_entry(token: str) -> bool:
+    """True for ``[UNK]`` and the ``[UNK-...]`` class entries."""
+    return token == UNK or (token.startswith("[UNK-") and token.endswith("]"))
 
 # One regex, alternatives tried in order at each position:
 #   abbreviations with dots (U.S.), the clitic split of PTB (do|n't, it|'s),
@@ -80,6 +135,9 @@ class WordVocab:
         self._word_tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._word_tokenizer.pre_tokenizer = None
         self._vocab = vocab
+        # the unknown-word class entries this vocabulary has (empty: plain [UNK] only)
+        self.unknown_ids = {i for w, i in vocab.items() if is_unknown_entry(w)}
+        self._has_classes = len(self.unknown_ids) > 1
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -89,11 +147,14 @@ class WordVocab:
         min_freq: int = 1,
         max_size: int | None = None,
         lowercase: bool = False,
+        unknown_classes: bool = False,
     ) -> "WordVocab":
         """Count words of pre-tokenised sentences and keep the frequent ones.
 
-        ``max_size`` counts words besides ``[PAD]`` and ``[UNK]``.  Order: descending
-        frequency, ties broken by first appearance (so the result is deterministic).
+        ``max_size`` counts words besides ``[PAD]``, ``[UNK]`` and the unknown-word
+        classes.  Order: descending frequency, ties broken by first appearance (so the
+        result is deterministic); with ``unknown_classes`` the classes that occur in the
+        sentences follow the words, in order of first appearance.
         """
         normalizer = normalizers.Lowercase() if lowercase else None
         counts: Counter[str] = Counter()
@@ -103,7 +164,7 @@ class WordVocab:
         for word, n in counts.items():  # Counter keeps first-appearance order
             merged[normalizer.normalize_str(word) if normalizer else word] += n
         ranked = sorted(
-            ((w, n) for w, n in merged.items() if n >= min_freq and w not in (PAD, UNK) and w),
+            ((w, n) for w, n in merged.items() if n >= min_freq and w != PAD and not is_unknown_entry(w) and w),
             key=lambda item: -item[1],
         )
         if max_size is not None:
@@ -111,6 +172,9 @@ class WordVocab:
         vocab = {PAD: PAD_ID, UNK: UNK_ID}
         for word, _ in ranked:
             vocab[word] = len(vocab)
+        if unknown_classes:
+            for word in counts:
+                vocab.setdefault(unknown_class(word), len(vocab))
         tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
         if normalizer is not None:
             tokenizer.normalizer = normalizer
@@ -158,7 +222,18 @@ class WordVocab:
         return [w for w, _ in sorted(self._vocab.items(), key=lambda kv: kv[1])]
 
     def word_to_id(self, word: str) -> int:
-        return self._vocab.get(self.normalize(word), UNK_ID)
+        idx = self._vocab.get(self.normalize(word))
+        return idx if idx is not None else self.unknown_id(word)
+
+    def unknown_id(self, word: str) -> int:
+        """The id an out-of-vocabulary word gets: its class entry, else ``[UNK]``."""
+        if not self._has_classes:
+            return UNK_ID
+        return self._vocab.get(unknown_class(word), UNK_ID)
+
+    @property
+    def unknown_classes(self) -> bool:
+        return self._has_classes
 
     def id_to_word(self, idx: int) -> str | None:
         return self.tokenizer.id_to_token(idx)
@@ -177,6 +252,8 @@ class WordVocab:
             ids = enc.ids
             if len(ids) != len(words):  # only an empty word yields no token; look each word up
                 ids = [self.word_to_id(w) for w in words]
+            elif self._has_classes and UNK_ID in ids:
+                ids = [self.unknown_id(w) if i == UNK_ID else i for i, w in zip(ids, words)]
             out.append(list(ids))
         return out
 

@@ -195,17 +195,20 @@ def test_short_training_on_real_ud_data_beats_majority(cli, tmp_path, corpora_ro
     assert dev["accuracy"] > majority + 0.3, (dev["accuracy"], majority)
 
 
-def test_singleton_words_are_replaced_by_unk_at_the_given_rate():
+def test_singleton_words_are_replaced_by_their_unknown_entry_at_the_given_rate():
     from tagger.data.batching import make_batches
     from tagger.training import replace_singletons
 
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(2, 50, size=30)) for _ in range(40)]
     batch = make_batches(ids, batch_size=40)[0]
-    singletons = np.arange(2, 10)
-    out = replace_singletons(batch, singletons, 0.5, np.random.default_rng(1))
-    was = np.isin(batch.ids, singletons)
+    replacements = np.full(50, -1)
+    replacements[2:6] = 1  # plain [UNK]
+    replacements[6:10] = 60  # an unknown-word class entry
+    out = replace_singletons(batch, replacements, 0.5, np.random.default_rng(1))
+    was = replacements[batch.ids] >= 0
     assert (out.ids[~was] == batch.ids[~was]).all()  # other words and padding untouched
-    rate = (out.ids[was] == 1).mean()
-    assert 0.4 < rate < 0.6
+    changed = out.ids[was] != batch.ids[was]
+    assert 0.4 < changed.mean() < 0.6
+    assert (out.ids[was][changed] == replacements[batch.ids[was][changed]]).all()
     assert (out.lengths == batch.lengths).all() and out.labels is batch.labels

@@ -94,3 +94,36 @@ def test_label_vocab_round_trip_and_unknown(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="damaged label file"):
         LabelVocab.load(path)
+
+
+def test_unknown_word_classes_are_shape_and_suffix():
+    from tagger.data.vocab import unknown_class
+
+    cases = {
+        "Smith": "[UNK-Cap]", "Germans": "[UNK-Cap-s]", "NATO": "[UNK-ALLCAPS]", "running": "[UNK-lower-ing]",
+        "quickly": "[UNK-lower-ly]", "3.50": "[UNK-NUM]", "1990s": "[UNK-ALNUM]", "eBay": "[UNK-mIxed]",
+        "well-known": "[UNK-lower-hyph]", "--": "[UNK-SYM]", "as": "[UNK-lower]", "": "[UNK]",
+    }
+    assert {w: unknown_class(w) for w in cases} == cases
+
+
+def test_unknown_words_map_to_their_class_and_classes_follow_the_words(tmp_path):
+    plain = WordVocab.build([["The", "cat", "sat", "."], ["Dogs", "ran", "3"]])
+    v = WordVocab.build([["The", "cat", "sat", "."], ["Dogs", "ran", "3"]], unknown_classes=True)
+    assert v.words()[: len(plain)] == plain.words()  # word ids do not move
+    assert v.words()[len(plain):] == ["[UNK-Cap]", "[UNK-lower]", "[UNK-SYM]", "[UNK-Cap-s]", "[UNK-NUM]"]
+    ids = v.encode_words(["Zebra", "Birds", "42", "cat", "walk", "zebras"])
+    assert v.words()[ids[0]] == "[UNK-Cap]" and v.words()[ids[1]] == "[UNK-Cap-s]" and v.words()[ids[2]] == "[UNK-NUM]"
+    assert ids[3] == v.word_to_id("cat")
+    assert ids[4] == v.word_to_id("walk") == v.words().index("[UNK-lower]")
+    assert ids[5] == UNK_ID  # class [UNK-lower-s] never seen in training: plain [UNK]
+    assert v.unknown_ids == {UNK_ID} | set(range(len(plain), len(v)))
+    v.save(tmp_path / "tokenizer.json")
+    again = WordVocab.load(tmp_path / "tokenizer.json")
+    assert again.unknown_classes and again.encode_words(["Zebra", "Birds", "42", "cat", "walk", "zebras"]) == ids
+
+
+def test_unknown_classes_see_case_even_when_the_vocabulary_lowercases():
+    v = WordVocab.build([["The", "cat"], ["Paris", "is", "nice"]], lowercase=True, unknown_classes=True)
+    ids = v.encode_words(["London", "town"])
+    assert v.words()[ids[0]] == "[UNK-Cap]" and v.words()[ids[1]] == "[UNK-lower]"
