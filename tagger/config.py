@@ -81,7 +81,7 @@ class DataConfig(Section):
                 value = getattr(self, name)
                 if value is not None and not isinstance(value, int):
                     raise ValueError(f"{name}: format conll needs a column index (e.g. 0 or -1), got {value!r}")
-        if (self.scheme == "none") != (self.target_scheme in (None, "none")):
+        if self.target_scheme is not None and (self.scheme == "none") != (self.target_scheme == "none"):
             raise ValueError(
                 f"target_scheme: cannot convert scheme {self.scheme!r} to {self.target_scheme!r}; "
                 "'none' converts only to 'none'"

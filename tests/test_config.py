@@ -57,6 +57,14 @@ def test_wrong_types_name_their_path(tmp_path):
         "config.yaml: data.label_column: format conll needs a column index (e.g. 0 or -1), got 'ner'"
     )
     assert "(and 1 more error)" in _error(tmp_path, "training:\n  lr: x\n  epochs: y\n")
+    assert _error(tmp_path, "data:\n  scheme: iob1\n  target_scheme: none\n").startswith(
+        "config.yaml: data.target_scheme: cannot convert scheme 'iob1' to 'none'"
+    )
+
+
+def test_a_span_scheme_without_target_scheme_keeps_its_scheme(tmp_path):
+    config = load_config(_write(tmp_path, "data:\n  format: conll\n  token_column: 0\n  label_column: 3\n  scheme: iob1\n"))
+    assert config.data.scheme == "iob1" and config.data.target_scheme is None
 
 
 def test_yaml_syntax_and_missing_file(tmp_path):

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from . import app
+from tagger.errors import TaggerError
+
 from ._util import user_errors
 
 
@@ -17,16 +19,43 @@ def debug_data(
     corpora: Optional[Path] = typer.Option(None, help="root for ${corpora}/ paths (default: $TAGGER_CORPORA)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
-    """Check the data a config points at: counts, labels, OOV rate, train/dev overlap."""
+    """Check the data a config points at: counts, labels, OOV rate, train/dev overlap, malformed lines.
+
+    Every malformed line is listed (file:line and what is wrong), not only the first;
+    the command exits with status 1 when there is any.
+    """
     with user_errors():
         from tagger.config import load_config
+        from tagger.data.readers import collect_malformed
 
         cfg = load_config(config, corpora_root=corpora)
-        report = data_report(cfg)
+        with collect_malformed() as malformed:
+            try:
+                report = data_report(cfg)
+            except TaggerError:
+                _echo_malformed(malformed)  # what was found before the reading had to stop
+                raise
+        report["malformed_lines"] = malformed
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
             typer.echo(format_data_report(report))
+            _echo_malformed(malformed)
+        if malformed:
+            raise typer.Exit(1)
+
+
+MAX_LISTED = 50
+
+
+def _echo_malformed(malformed: list[str]) -> None:
+    if not malformed:
+        return
+    typer.echo(f"malformed lines: {len(malformed)} (skipped here; training stops at the first)", err=True)
+    for message in malformed[:MAX_LISTED]:
+        typer.echo(f"  {message}", err=True)
+    if len(malformed) > MAX_LISTED:
+        typer.echo(f"  ... and {len(malformed) - MAX_LISTED} more (all of them are in --json)", err=True)
 
 
 def data_report(cfg) -> dict:

@@ -16,6 +16,10 @@ Files are read in binary and decoded line by line, so a bad byte is reported wit
 line: ``TREC.train:66: byte 0xf0 is not valid utf-8; set data.encoding (e.g. latin-1)``.
 A ``.gz`` suffix is decompressed transparently.  A missing file, an empty file, or a
 malformed line raises :class:`~tagger.errors.DataError` naming ``FILE:LINE``.
+
+Inside ``with collect_malformed() as bad:`` the readers instead record every malformed
+line in ``bad`` and skip it, so ``tagger debug-data`` lists all of them in one pass.
+Problems with the file or the options as a whole (missing file, unknown column) still raise.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import gzip
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from tagger.data.types import Example
@@ -34,6 +40,27 @@ from tagger.errors import DataError
 CONLLU_FIELDS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 
 PathLike = str | os.PathLike
+
+_MALFORMED: ContextVar[list[str] | None] = ContextVar("malformed_lines", default=None)
+
+
+@contextmanager
+def collect_malformed() -> Iterator[list[str]]:
+    """Readers iterated inside the block record malformed lines here and skip them."""
+    sink: list[str] = []
+    token = _MALFORMED.set(sink)
+    try:
+        yield sink
+    finally:
+        _MALFORMED.reset(token)
+
+
+def _malformed(message: str) -> None:
+    """Raise ``DataError(message)``; when collecting, record it and return (the caller skips the line)."""
+    sink = _MALFORMED.get()
+    if sink is None:
+        raise DataError(message)
+    sink.append(message)
 
 
 def check_file(path: PathLike) -> Path:
@@ -64,11 +91,12 @@ def iter_lines(
             except UnicodeDecodeError as err:
                 byte = raw[err.start]
                 hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
-                raise DataError(
+                _malformed(
                     f"{path}:{lineno}: byte 0x{byte:02x} is not valid {encoding}; "
                     f"set {encoding_option} (e.g. {hint})"
                     + (" in the config" if encoding_option.startswith("data.") else "")
-                ) from None
+                )
+                continue
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line.rstrip("\r\n")
@@ -127,19 +155,21 @@ def read_conllu(
                 continue
             cols = line.split("\t")
             if len(cols) != 10:
-                raise DataError(
+                _malformed(
                     f"{path}:{lineno}: expected 10 tab-separated columns, found {len(cols)} (is this a CoNLL-U file?)"
                 )
+                continue
             tid = cols[0]
             if not tid.isdigit():
                 if "-" in tid or "." in tid:
                     a, _, b = tid.replace(".", "-").partition("-")
                     if a.isdigit() and b.isdigit():
                         continue  # multiword range n-m or empty node n.m
-                raise DataError(
+                _malformed(
                     f"{path}:{lineno}: token id {tid!r} is not an integer, a range n-m or an empty node n.m "
                     "(is this a CoNLL-U file?)"
                 )
+                continue
             if start is None:
                 start = lineno
             tokens.append(cols[tok_i])
@@ -199,10 +229,11 @@ def read_conll(
                         f"(token_column={token_column}, label_column={label_column}), found {n}"
                     )
             elif n != ncols_first:
-                raise DataError(
+                _malformed(
                     f"{path}:{lineno}: expected {ncols_first} whitespace-separated columns as on line "
                     f"{first_line}, found {n} (a token with a space in it, or a missing blank line?)"
                 )
+                continue
             if start is None:
                 start = lineno
             tokens.append(cols[token_column])
@@ -215,10 +246,12 @@ def read_conll(
 
 
 # --------------------------------------------------------------------------- classification
-def _text_example(text: str, label: str | None, source: str) -> Example:
+def _text_example(text: str, label: str | None, source: str) -> Example | None:
+    """An example of raw text; None (when collecting malformed lines) for an empty text."""
     pieces = pretokenize(text)
     if not pieces:
-        raise DataError(f"{source}: empty text; remove the line or fill in the text")
+        _malformed(f"{source}: empty text; remove the line or fill in the text")
+        return None
     return Example(
         [tok for tok, _ in pieces], None, label, text=text, offsets=[span for _, span in pieces], source=source
     )
@@ -260,14 +293,18 @@ def read_tsv(
                 if header:
                     continue
             if len(cols) != ncols:
-                raise DataError(
+                _malformed(
                     f"{path}:{lineno}: expected {ncols} tab-separated columns, found {len(cols)} "
                     "(a tab inside the text?)"
                 )
+                continue
             label = None if label_i is None else cols[label_i].strip()
             if label_i is not None and not label:
-                raise DataError(f"{path}:{lineno}: empty label in column {label_i}")
-            yield _text_example(cols[text_i].strip(), label, f"{path}:{lineno}")
+                _malformed(f"{path}:{lineno}: empty label in column {label_i}")
+                continue
+            ex = _text_example(cols[text_i].strip(), label, f"{path}:{lineno}")
+            if ex is not None:
+                yield ex
 
     return _nonempty(path, examples(), "examples")
 
@@ -284,8 +321,11 @@ def read_trec(path: PathLike, label: str = "coarse", encoding: str = "utf-8") ->
             head, _, text = line.strip().partition(" ")
             coarse, colon, fine = head.partition(":")
             if not colon or not coarse or not fine or not text.strip():
-                raise DataError(f"{path}:{lineno}: expected 'COARSE:fine question text', found {line[:40]!r}")
-            yield _text_example(text.strip(), coarse if label == "coarse" else head, f"{path}:{lineno}")
+                _malformed(f"{path}:{lineno}: expected 'COARSE:fine question text', found {line[:40]!r}")
+                continue
+            ex = _text_example(text.strip(), coarse if label == "coarse" else head, f"{path}:{lineno}")
+            if ex is not None:
+                yield ex
 
     return _nonempty(path, examples(), "questions")
 
@@ -295,41 +335,43 @@ def read_jsonl(
 ) -> Iterator[Example]:
     """JSON lines: ``{"text": "...", "label": "pos"}`` or ``{"tokens": [...], "tags": [...]}``."""
 
+    def example(lineno: int, line: str) -> Example | None:
+        src = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            return _malformed(f"{src}: not valid JSON ({err.args[0].split(':')[0]})")
+        if not isinstance(obj, dict):
+            return _malformed(f"{src}: expected a JSON object per line")
+        if text_key not in obj:
+            return _malformed(f"{src}: no key {text_key!r} (keys: {', '.join(obj)}); set data.text_key")
+        value = obj[text_key]
+        gold = None
+        if label_key is not None:
+            if label_key not in obj:
+                return _malformed(f"{src}: no key {label_key!r} (keys: {', '.join(obj)}); set data.label_key")
+            gold = obj[label_key]
+        if isinstance(value, list):
+            tokens = [str(t) for t in value]
+            if not tokens:
+                return _malformed(f"{src}: empty token list under {text_key!r}")
+            if isinstance(gold, list):
+                if len(gold) != len(tokens):
+                    return _malformed(f"{src}: {len(tokens)} tokens but {len(gold)} labels")
+                return Example(tokens, [str(g) for g in gold], source=src)
+            return Example(tokens, None, None if gold is None else str(gold), source=src)
+        if isinstance(value, str):
+            if isinstance(gold, list):
+                return _malformed(f"{src}: per-token labels need a token list under {text_key!r}, not a string")
+            return _text_example(value.strip(), None if gold is None else str(gold), src)
+        return _malformed(f"{src}: {text_key!r} must be a string or a list of tokens")
+
     def examples() -> Iterator[Example]:
         for lineno, line in iter_lines(path, encoding):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.args[0].split(':')[0]})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-            if text_key not in obj:
-                raise DataError(f"{path}:{lineno}: no key {text_key!r} (keys: {', '.join(obj)}); set data.text_key")
-            value = obj[text_key]
-            gold = None
-            if label_key is not None:
-                if label_key not in obj:
-                    raise DataError(f"{path}:{lineno}: no key {label_key!r} (keys: {', '.join(obj)}); set data.label_key")
-                gold = obj[label_key]
-            src = f"{path}:{lineno}"
-            if isinstance(value, list):
-                tokens = [str(t) for t in value]
-                if not tokens:
-                    raise DataError(f"{src}: empty token list under {text_key!r}")
-                if isinstance(gold, list):
-                    if len(gold) != len(tokens):
-                        raise DataError(f"{src}: {len(tokens)} tokens but {len(gold)} labels")
-                    yield Example(tokens, [str(g) for g in gold], source=src)
-                else:
-                    yield Example(tokens, None, None if gold is None else str(gold), source=src)
-            elif isinstance(value, str):
-                if isinstance(gold, list):
-                    raise DataError(f"{src}: per-token labels need a token list under {text_key!r}, not a string")
-                yield _text_example(value.strip(), None if gold is None else str(gold), src)
-            else:
-                raise DataError(f"{src}: {text_key!r} must be a string or a list of tokens")
+            if line.strip():
+                ex = example(lineno, line)
+                if ex is not None:  # None: a malformed line, recorded by collect_malformed
+                    yield ex
 
     return _nonempty(path, examples(), "examples")
 
@@ -340,7 +382,7 @@ def read_text(path: PathLike, encoding: str = "utf-8") -> Iterator[Example]:
     def examples() -> Iterator[Example]:
         for lineno, line in iter_lines(path, encoding):
             if line.strip():
-                yield _text_example(line, None, f"{path}:{lineno}")
+                yield _text_example(line, None, f"{path}:{lineno}")  # never None: the line has text
 
     return _nonempty(path, examples(), "lines of text")
 

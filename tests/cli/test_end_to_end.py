@@ -173,6 +173,22 @@ def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):
     assert "OOV" in out and "majority baseline" in out
 
 
+def test_debug_data_lists_every_malformed_line_and_exits_1(cli, tmp_path):
+    good = "EU NNP B-ORG\nrejects VBZ O\n\n"
+    (tmp_path / "train.txt").write_text(good * 5 + "German JJ\n\n" + good + "call\n\n", encoding="utf-8")
+    (tmp_path / "dev.txt").write_text(good + "bad\n", encoding="utf-8")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        data={"train": "train.txt", "dev": "dev.txt", "format": "conll", "token_column": 0, "label_column": 2, "scheme": "iob1"},
+    )
+    result = cli("debug-data", cfg, ok=False)
+    assert result.exit_code == 1
+    assert "malformed lines: 3" in result.output
+    for where in ("train.txt:16: expected 3", "train.txt:21: expected 3", "dev.txt:4: expected 3"):
+        assert where in result.output
+    assert "OOV" in result.output  # the report is still printed for the lines that parse
+
+
 def test_short_training_on_real_ud_data_beats_majority(cli, tmp_path, corpora_root):
     """A few hundred real UD English-EWT sentences: dev accuracy clearly above the majority tag."""
     def head(src, dst, n):

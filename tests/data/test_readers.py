@@ -222,3 +222,35 @@ def test_real_sst2_dev(corpora):
     assert n == 872
     assert sum(len(e.text.split()) for e in exs) == 17046
     assert sum(e.label == "1" for e in exs) == 444
+
+
+@pytest.mark.parametrize(
+    "fmt, text, options, expected",
+    [
+        (
+            "conllu",
+            "1\tI\tI\tPRON\t_\t_\t0\troot\t_\t_\n1\tbad line\n\n1\tOk\tok\tINTJ\t_\t_\t0\troot\t_\t_\nx\tY\ty\tX\t_\t_\t0\troot\t_\t_\n",
+            {},
+            [(2, "expected 10 tab-separated columns, found 2"), (5, "token id 'x' is not an integer")],
+        ),
+        ("conll", "EU NNP B-ORG\nrejects VBZ\n\nPeter NNP B-PER\nBlackburn\n", {}, [(2, "expected 3"), (5, "expected 3")]),
+        ("tsv", "a\t1\nb\n\t2\nc\t\n", {}, [(2, "expected 2 tab-separated"), (3, "empty text"), (4, "empty label")]),
+        ("trec", "HUM:ind Who ?\nnope\nLOC Where ?\n", {}, [(2, "COARSE:fine"), (3, "COARSE:fine")]),
+        ("jsonl", '{"text": "x", "label": 1}\n{"text": \n[1]\n{"label": 2}\n', {}, [(2, "not valid JSON"), (3, "JSON object"), (4, "no key 'text'")]),
+        ("trec", b"HUM:ind Who \xf0 ?\nLOC:city Where ?\nLOC:city \xf1 x\n", {}, [(1, "byte 0xf0"), (3, "byte 0xf1")]),
+    ],
+)
+def test_collect_malformed_lists_every_bad_line_and_keeps_the_good_ones(tmp_path, fmt, text, options, expected):
+    from tagger.data.readers import collect_malformed
+
+    path = write(tmp_path / f"data.{fmt}", text)
+    with pytest.raises(DataError, match=f"data.{fmt}:{expected[0][0]}: "):
+        list(read_examples(path, fmt, **options))  # outside the block: the first one raises
+    with collect_malformed() as bad:
+        good = list(read_examples(path, fmt, **options))
+    assert len(bad) == len(expected), bad
+    for message, (line, words) in zip(bad, expected):
+        assert message.startswith(f"{path}:{line}: ") and words in message
+    assert len(good) >= 1 and all(ex.tokens for ex in good)
+    with pytest.raises(DataError):  # collecting ends with the block
+        list(read_examples(path, fmt, **options))
