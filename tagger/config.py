@@ -137,6 +137,15 @@ class ModelConfig(Section):
     merge_mode: Literal["concat", "sum", "ave", "mul"] = Field(
         "concat", description="how the two directions merge: concat | sum | ave | mul"
     )
+    crf: bool = Field(
+        False, description="linear-chain CRF output: learned tag transitions, Viterbi decoding (task tag only)"
+    )
+
+    @model_validator(mode="after")
+    def _crf_needs_tagging(self) -> "ModelConfig":
+        if self.crf and self.task != "tag":
+            raise ValueError("crf: a CRF labels token sequences; it needs task: tag (got task: classify)")
+        return self
 
 
 class TrainingConfig(Section):

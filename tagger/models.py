@@ -3,6 +3,9 @@
     tag:       ids (B, T) -> Embedding -> Dropout -> [BiLSTM, return_sequences] x L
                -> Dropout -> Dense(K)                       -> scores (B, T, K)
     classify:  the same, the last BiLSTM returns its final state -> Dense(C) -> (B, C)
+    model.crf: tag, then CRF(K) (identity in the stack): the Dense scores are the CRF's
+               emissions; the loss is the CRF's, tags come from Viterbi decoding and
+               their probabilities are the CRF's per-token marginals
 
 A `Model` bundles the network with its vocabularies and resolved config: it encodes
 examples, runs training steps, and predicts in input order.
@@ -18,7 +21,7 @@ from tagger.data.schemes import convert
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
-from tagger.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
+from tagger.layers import CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
 
 
 def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
@@ -41,6 +44,8 @@ def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, 
         )
         layers.append(Bidirectional(lstm, merge_mode=mcfg.merge_mode, name=f"bilstm_{k + 1}"))
     layers += [Dropout(mcfg.dropout, name="output_dropout"), Dense(n_labels, name="output")]
+    if mcfg.crf:  # appended last: the seeds (and weights) of the layers before it are unchanged
+        layers.append(CRF(n_labels, name="crf"))
     return Sequential(layers, input_shape=(None,), seed=seed, ops=ops, dtype=dtype, name=mcfg.task)
 
 
@@ -60,6 +65,12 @@ class Model:
     @property
     def ops(self):
         return self.network.ops
+
+    @property
+    def crf(self) -> CRF | None:
+        """The network's CRF output layer, or None (softmax output)."""
+        last = self.network.layers[-1] if self.network.layers else None
+        return last if isinstance(last, CRF) else None
 
     # -- labels and schemes ----------------------------------------------------------
     @property
@@ -112,6 +123,11 @@ class Model:
         """Forward + backward on one batch; gradients accumulate in the network. Returns the loss."""
         ops = self.ops
         scores, backprop = self.network.forward(ops.asarray(batch.ids), train=True)
+        crf = self.crf
+        if crf is not None:  # host NumPy: the scores are only B*T*K
+            loss, dscores = crf.loss(scores, batch.labels, batch.lengths)
+            backprop(ops.asarray(dscores))
+            return loss
         labels = ops.asarray(batch.labels)
         mask = batch.mask if self.task == "tag" else None
         loss, dscores = ops.softmax_xent(scores, labels, mask)
@@ -119,10 +135,21 @@ class Model:
         return loss
 
     def probabilities(self, batch: PaddedBatch) -> np.ndarray:
-        """Softmax scores (B, T, K) or (B, C) as NumPy, rows in batch order."""
+        """Softmax scores (B, T, K) or (B, C) as NumPy, rows in batch order; with a CRF,
+        the per-token tag marginals (0 at padded steps)."""
+        return self._scores(batch)[1]
+
+    def _scores(self, batch: PaddedBatch):
+        """(best label ids (B, T) or (B,), probabilities) as NumPy: the argmax of the
+        softmax, or with a CRF the Viterbi paths and the marginals."""
         ops = self.ops
         scores, _ = self.network.forward(ops.asarray(batch.ids), train=False)
-        return np.asarray(ops.to_numpy(ops.softmax(scores)))
+        crf = self.crf
+        if crf is not None:
+            emissions = ops.to_numpy(scores)
+            return crf.decode(emissions, batch.lengths), crf.marginals(emissions, batch.lengths)
+        probs = np.asarray(ops.to_numpy(ops.softmax(scores)))
+        return probs.argmax(axis=-1), probs
 
     def predict_examples(self, examples: Sequence[Example], batch_size=256):
         """Per example, in input order: (labels in the data's scheme, probabilities).
@@ -139,8 +166,7 @@ class Model:
             out[k] = ([], [])
         kept = [examples[k] for k in nonempty]
         for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False):
-            probs = self.probabilities(batch)
-            best = probs.argmax(axis=-1)
+            best, probs = self._scores(batch)
             for row, pos in enumerate(batch.index):
                 k = nonempty[int(pos)]
                 if self.task == "tag":

@@ -62,6 +62,14 @@ def test_wrong_types_name_their_path(tmp_path):
     )
 
 
+def test_crf_needs_the_tag_task(tmp_path):
+    assert _error(tmp_path, "model:\n  task: classify\n  crf: true\n") == (
+        "config.yaml: model.crf: a CRF labels token sequences; it needs task: tag (got task: classify)"
+    )
+    assert load_config(_write(tmp_path, "model:\n  crf: true\n")).model.crf
+    assert not load_config(_write(tmp_path, "model:\n  task: classify\n")).model.crf
+
+
 def test_a_span_scheme_without_target_scheme_keeps_its_scheme(tmp_path):
     config = load_config(_write(tmp_path, "data:\n  format: conll\n  token_column: 0\n  label_column: 3\n  scheme: iob1\n"))
     assert config.data.scheme == "iob1" and config.data.target_scheme is None

@@ -3,10 +3,12 @@
     y, backprop = layer.forward(x, mask=None, train=True); dx = backprop(dy)
     layer(x, mask=None) -> inference output
     get_weights() / set_weights() in Keras layouts
+    CRF: identity in the stack; loss / decode / marginals on the emissions (layers/crf.py)
 """
 from .base import Layer, mask_to_spans
 from .core import Dense, Dropout, Embedding
+from .crf import CRF
 from .recurrent import LSTM, Bidirectional
 from .sequential import Sequential
 
-__all__ = ["Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "Sequential", "mask_to_spans"]
+__all__ = ["Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF", "Sequential", "mask_to_spans"]

@@ -7,6 +7,7 @@ import pytest
 
 from safetensors.numpy import load_file
 
+from tagger.data.types import Example
 from tagger.io import load_model
 
 from .conftest import REPO, SAMPLES, write_config
@@ -161,6 +162,41 @@ def test_ner_spans_in_predictions(cli, tmp_path):
     assert all(set(t[:2]) <= set("BIO-") or t == "O" for t in rec["tags"])  # data scheme (BIO) comes back
     for span in rec["spans"]:
         assert rec["text"][span["start"] : span["end"]] == span["text"]
+
+
+def test_ner_with_a_crf_output_layer(cli, tmp_path):
+    """--model.crf true: train on the NER sample, evaluate, predict; the CRF is saved and used."""
+    cfg = write_config(
+        tmp_path / "ner.yaml",
+        data={"train": str(SAMPLES / "sample_ner.train.conll"), "dev": str(SAMPLES / "sample_ner.dev.conll"),
+              "format": "conll", "scheme": "bio", "target_scheme": "bioes"},
+        model={"embedding_dim": 32, "lstm_units": 32, "dropout": 0.2},
+        training={"epochs": 5, "lr": 0.01, "batch_size": 16, "patience": 5},
+    )
+    cli("train", cfg, "-o", tmp_path / "m", "--model.crf", "true", "--no-progress")
+    best = json.loads((tmp_path / "m" / "model-best" / "metrics.json").read_text())
+    assert best["dev"]["spans"]["f1"] > 0.5
+    weights = load_file(str(tmp_path / "m" / "model-best" / "weights.safetensors"))
+    K = len(json.loads((tmp_path / "m" / "model-best" / "labels.json").read_text()))
+    assert weights["crf/transitions"].shape == (K, K) and weights["crf/start"].shape == (K,)
+    assert "crf (CRF)" in cli("summary", tmp_path / "m").output
+    out = tmp_path / "metrics.json"
+    cli("evaluate", tmp_path / "m", SAMPLES / "sample_ner.dev.conll", "--output", out)
+    assert json.loads(out.read_text())["spans"]["f1"] == pytest.approx(best["dev"]["spans"]["f1"])
+    gold = (SAMPLES / "sample_ner.dev.conll").read_text().split("\n\n")[1:6]  # after -DOCSTART-
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(" ".join(l.split()[0] for l in block.splitlines()) for block in gold) + "\n")
+    cli("predict", tmp_path / "m", src, "-o", tmp_path / "o")
+    records = [json.loads(l) for l in (tmp_path / "o" / "in.txt.jsonl").read_text().splitlines()]
+    model = load_model(tmp_path / "m")
+    assert model.crf is not None
+    assert [r["tags"] for r in records] == [p[0] for p in model.predict_examples(
+        [Example(tokens=r["tokens"]) for r in records])]
+    for r in records:
+        assert len(r["tags"]) == len(r["probs"]) and all(0 < p <= 1 + 1e-6 for p in r["probs"])
+        assert all(t == "O" or t[:2] in ("B-", "I-") for t in r["tags"])  # the data scheme (BIO) comes back
+        for span in r["spans"]:
+            assert r["text"][span["start"] : span["end"]] == span["text"]
 
 
 def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):

@@ -446,3 +446,37 @@ def test_layers_on_cuda_match_reference():
     assert len(g_ref) == len(g_dev) > 0
     for k, (a, b) in enumerate(zip(g_dev, g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
+
+
+def test_crf_layer_on_cuda_matches_reference():
+    """The CRF output layer with ops='cuda': emissions come to the host, the gradient goes
+    back, weight gradients accumulate into device arrays; an Adam step moves them."""
+    from tagger.layers import CRF, Dense, Embedding, Sequential
+    from tagger.ops import get_ops
+    from tagger.optim import make_optimizer
+
+    ids = np.array([[3, 1, 4, 1], [2, 0, 0, 0], [6, 5, 3, 0]])  # post-padded, lengths 4, 1, 3
+    lengths = (ids != 0).sum(axis=1)
+    labels = np.random.default_rng(1).integers(0, 3, size=ids.shape)
+    out = {}
+    for backend in ("reference", "cuda"):
+        ops = get_ops(backend)
+        model = Sequential([Embedding(7, 3), Dense(3), CRF(3, initializer="uniform")], seed=2, ops=backend,
+                           dtype=np.float64, input_shape=(None,))
+        crf = model.layers[-1]
+        for _ in range(2):  # the second call accumulates onto the first
+            y, backprop = model.forward(ids, train=True)
+            loss, dy = crf.loss(y, labels, lengths)
+            backprop(ops.asarray(dy))
+        grads = [np.array(ops.to_numpy(g)) for leaf in model.leaves() for g in leaf.grads]
+        paths, marg = crf.decode(y, lengths), crf.marginals(y, lengths)
+        make_optimizer("adam", 0.01).step(model)
+        out[backend] = (loss, grads, paths, marg, model.get_weights())
+    ref, dev = out["reference"], out["cuda"]
+    assert dev[0] == pytest.approx(ref[0], rel=1e-10)
+    for k, (a, b) in enumerate(zip(dev[1], ref[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
+    np.testing.assert_array_equal(dev[2], ref[2])
+    np.testing.assert_allclose(dev[3], ref[3], rtol=1e-10, atol=1e-12)
+    for k, (a, b) in enumerate(zip(dev[4], ref[4])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"weight {k}")

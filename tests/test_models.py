@@ -1,0 +1,168 @@
+"""Model with a CRF output (model.crf): training, Viterbi predictions, marginals,
+save / load, summary, and that crf: false is unchanged."""
+import numpy as np
+import pytest
+import yaml
+
+from tagger.config import Config
+from tagger.data.types import Example
+from tagger.data.vocab import LabelVocab, WordVocab
+from tagger.errors import TaggerError
+from tagger.io import load_model
+from tagger.models import Model, build_network
+from tagger.optim import make_optimizer
+from tests.gradcheck import assert_grad_close, numeric_grad
+
+FIRST = ["Anna", "Pavel", "Nadim", "Maria"]
+LAST = ["Smith", "Tamsin", "Makeba", "Ortiz"]
+OTHER = ["the", "minister", "spoke", "rose", "after", "shares", "."]
+
+
+def sentences(n, seed=0):
+    """Names (B-PER I-PER, sometimes a lone B-PER) among other words (O)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.integers(1, 5)):
+            if rng.random() < 0.4:
+                tokens.append(str(rng.choice(FIRST)))
+                tags.append("B-PER")
+                if rng.random() < 0.7:
+                    tokens.append(str(rng.choice(LAST)))
+                    tags.append("I-PER")
+            else:
+                tokens.append(str(rng.choice(OTHER)))
+                tags.append("O")
+        out.append(Example(tokens=tokens, labels=tags))
+    return out
+
+
+def tiny_model(crf=True, ops="cpu", dtype=np.float32, seed=0, dropout=0.0, units=8):
+    config = Config.model_validate(
+        {"model": {"crf": crf, "embedding_dim": 8, "lstm_units": units, "dropout": dropout},
+         "training": {"seed": seed}, "device": "cpu"}
+    )
+    words = WordVocab.build([FIRST + LAST + OTHER])
+    labels = LabelVocab.build(["O", "B-PER", "I-PER"], first=["O"])
+    network = build_network(config.model, len(words), len(labels), ops=ops, dtype=dtype, seed=seed)
+    return Model(config, words, labels, network)
+
+
+def train(model, examples, steps, lr=0.05):
+    optimizer = make_optimizer("adam", lr)
+    losses = []
+    while len(losses) < steps:
+        for batch in model.batches(examples, 16, shuffle=True, seed=len(losses)):
+            losses.append(model.train_step(batch))
+            optimizer.step(model.network)
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = tiny_model()
+    losses = train(model, sentences(64), 40)
+    return model, losses
+
+
+def test_a_crf_model_trains(trained):
+    model, losses = trained
+    assert model.crf is not None and model.crf.name == "crf"
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    A = model.crf.get_weights()[0]
+    o, b, i = (model.labels.labels.index(t) for t in ("O", "B-PER", "I-PER"))
+    assert A[o, i] < A[b, i]  # O -> I-PER never occurs in the data, B-PER -> I-PER often
+
+
+def test_predictions_are_the_viterbi_paths_with_marginals_as_confidence(trained):
+    model, _ = trained
+    examples = sentences(20, seed=1) + [Example(tokens=[], labels=[])]
+    preds = model.predict_examples(examples, batch_size=8)
+    assert preds[-1] == ([], [])
+    for batch in model.batches(examples[:-1], 8, with_labels=False):
+        emissions = model.network(batch.ids)
+        paths = model.crf.decode(emissions, batch.lengths)
+        marginals = model.crf.marginals(emissions, batch.lengths)
+        np.testing.assert_allclose(model.probabilities(batch), marginals)
+        np.testing.assert_allclose(marginals.sum(-1)[batch.mask], 1.0, rtol=1e-5)
+        for row, k in enumerate(batch.index):
+            n = int(batch.lengths[row])
+            tags, conf = preds[int(k)]
+            assert tags == model.labels.decode(paths[row, :n])
+            np.testing.assert_allclose(conf, marginals[row, np.arange(n), paths[row, :n]])
+    acc = np.mean([t == g for ex, (tags, _) in zip(examples, preds) for t, g in zip(tags, ex.labels)])
+    assert acc > 0.9
+
+
+def test_save_and_load_round_trips(trained, tmp_path):
+    model, _ = trained
+    examples = sentences(10, seed=2)
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config.model.crf and again.crf is not None
+    assert again.predict_examples(examples) == model.predict_examples(examples)
+    for (name, a), (_, b) in zip(model.network.named_weights(), again.network.named_weights()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # the weights must match the config: the same directory read as crf: false is refused
+    raw = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    raw["model"]["crf"] = False
+    (tmp_path / "m" / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(TaggerError, match="unexpected.*crf/"):
+        load_model(tmp_path / "m")
+
+
+def test_summary_shows_the_crf_parameters(trained):
+    model, _ = trained
+    text = model.network.summary(print_fn=None)
+    K = len(model.labels)
+    assert "crf (CRF)" in text and f" {K * K + 2 * K} " in text
+
+
+def test_crf_false_is_unchanged_and_models_without_the_key_still_load(tmp_path):
+    plain, with_crf = tiny_model(crf=False, seed=3), tiny_model(crf=True, seed=3)
+    assert plain.crf is None and "crf" not in [layer.name for layer in plain.network.layers]
+    for (name, a), (_, b) in zip(plain.network.named_weights(), with_crf.network.named_weights()):
+        np.testing.assert_array_equal(a, b, err_msg=name)  # same seed, same weights before the CRF
+    examples = sentences(8, seed=4)
+    plain.save(tmp_path / "old")
+    raw = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del raw["model"]["crf"]  # as written before model.crf existed
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(raw))
+    loaded = load_model(tmp_path / "old")
+    assert loaded.crf is None and loaded.predict_examples(examples) == plain.predict_examples(examples)
+
+
+def test_train_step_gradients_through_the_crf():
+    """Float64 finite differences of Model.train_step's loss w.r.t. every weight."""
+    model = tiny_model(ops="reference", dtype=np.float64, seed=5, units=3)
+    for layer in model.network.leaves():  # a non-zero start for the CRF
+        if layer.name == "crf":
+            rng = np.random.default_rng(0)
+            layer.set_weights([rng.normal(size=w.shape) for w in layer.get_weights()])
+    batch = model.batches(sentences(3, seed=6), 3)[0]
+    model.network.zero_grad()
+    model.train_step(batch)
+    leaves = model.network.leaves()
+    analytic = {(layer.name, k): np.array(layer.grads[k]) for layer in leaves for k in range(len(layer.params))}
+
+    def loss():
+        scores = model.network(batch.ids)
+        return model.crf.loss(scores, batch.labels, batch.lengths)[0]
+
+    for layer in leaves:
+        for k, name in enumerate(layer.param_names):
+            w = layer.params[k]
+            if layer.name == "embedding":  # only the rows the batch uses
+                rows = np.unique(batch.ids[batch.mask])
+                sub = w[rows]
+
+                def f(rows=rows, sub=sub, w=w):
+                    w[rows] = sub
+                    return loss()
+
+                np.testing.assert_array_equal(np.delete(analytic[(layer.name, k)], rows, axis=0), 0)
+                assert_grad_close(analytic[(layer.name, k)][rows], numeric_grad(f, sub), f"{layer.name}/{name}")
+                w[rows] = sub
+                continue
+            assert_grad_close(analytic[(layer.name, k)], numeric_grad(loss, w), f"{layer.name}/{name}")
