@@ -27,6 +27,8 @@ OP_NAMES = (
     "softmax_xent",
     "merge_forward",
     "merge_backward",
+    "pool_forward",
+    "pool_backward",
     "dropout_mask",
     "mul",
     "adam_update",

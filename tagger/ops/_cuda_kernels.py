@@ -702,6 +702,81 @@ def make_merge_bwd(dtype, tile, block):
 
 
 # ----------------------------------------------------------------------------------------
+# global pooling over time: X (B, T, F) -> Y (B, F). is_max: 1 max (with argmax), 0 mean.
+# Only the real steps starts[b] .. starts[b] + lengths[b] - 1 are read.
+
+
+@_register("pool_fwd", lambda d: (_a(d, 3), i64_1, i64_1, _a(d, 2), i64_2, i64))
+def make_pool_fwd(dtype, tile, block):
+    ftype = np.dtype(dtype).type
+    zero = ftype(0)
+
+    def k_pool_fwd(X, starts, lengths, Y, argmax, is_max):
+        # thread (b, f) walks row b's real steps in time order (as reference.pool_forward):
+        # max keeps the first maximum (a NaN wins, as np.max); mean sums, then divides by
+        # the length in the float type. Length 0: Y = 0, argmax = -1. argmax is a dummy
+        # (never touched) when is_max is 0.
+        B = X.shape[0]
+        F = X.shape[2]
+        for k in range(cuda.grid(1), B * F, cuda.gridsize(1)):
+            b = k // F
+            f = k % F
+            s = starts[b]
+            n = lengths[b]
+            if n == 0:
+                Y[b, f] = zero
+                if is_max:
+                    argmax[b, f] = -1
+            elif is_max:
+                best = X[b, s, f]
+                at = s
+                for t in range(s + 1, s + n):
+                    v = X[b, t, f]
+                    if v > best or (v != v and best == best):
+                        best = v
+                        at = t
+                Y[b, f] = best
+                argmax[b, f] = at
+            else:
+                acc = zero
+                for t in range(s, s + n):
+                    acc += X[b, t, f]
+                Y[b, f] = acc / ftype(n)
+
+    return k_pool_fwd
+
+
+@_register("pool_bwd", lambda d: (_a(d, 2), i64_2, i64_1, i64_1, _a(d, 3), i64))
+def make_pool_bwd(dtype, tile, block):
+    ftype = np.dtype(dtype).type
+    zero = ftype(0)
+
+    def k_pool_bwd(dY, argmax, starts, lengths, dX, is_max):
+        # thread (b, t, f) writes dX[b, t, f]: dY[b, f] at the argmax step (max) or
+        # dY[b, f] / lengths[b] at every real step (mean); 0 at padding and length-0 rows
+        B = dX.shape[0]
+        T = dX.shape[1]
+        F = dX.shape[2]
+        for k in range(cuda.grid(1), B * T * F, cuda.gridsize(1)):
+            f = k % F
+            bt = k // F
+            b = bt // T
+            t = bt % T
+            s = starts[b]
+            n = lengths[b]
+            g = zero
+            if t >= s and t < s + n:
+                if is_max:
+                    if argmax[b, f] == t:
+                        g = dY[b, f]
+                else:
+                    g = dY[b, f] / ftype(n)
+            dX[b, t, f] = g
+
+    return k_pool_bwd
+
+
+# ----------------------------------------------------------------------------------------
 # optimisers, on (R, C) views; rows (n,) int64 when has_rows. Scalars arrive in the
 # parameter's dtype so float32 parameters are updated in float32 arithmetic, as NumPy does.
 

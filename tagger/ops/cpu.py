@@ -865,6 +865,120 @@ def softmax_xent(logits, labels, mask=None):
 
 
 # ----------------------------------------------------------------------------------------
+# Global pooling over time (reference.pool_forward / pool_backward). Each kernel walks a
+# row's real steps only, in time order, over 1-D (F,) row views (the inner loops vectorise);
+# the padding is never read.
+
+POOL_MODES = _ref.POOL_MODES
+
+
+@njit(**_JIT)
+def _pool_max_rows(X, starts, lengths, Y, argmax):
+    """Y[b] = max over the real steps of X[b] (F wide), argmax[b] = those steps; -1 and 0
+    for a length-0 row. Ties keep the first step; a NaN at a real step wins, as np.max."""
+    B, _, F = X.shape
+    for b in range(B):
+        y = Y[b]
+        a = argmax[b]
+        n = lengths[b]
+        s = starts[b]
+        if n == 0:
+            for f in range(F):
+                y[f] = 0
+                a[f] = -1
+            continue
+        x = X[b, s]
+        for f in range(F):
+            y[f] = x[f]
+            a[f] = s
+        for t in range(s + 1, s + n):
+            x = X[b, t]
+            for f in range(F):
+                v = x[f]
+                if v > y[f] or (v != v and y[f] == y[f]):
+                    y[f] = v
+                    a[f] = t
+
+
+@njit(**_JIT)
+def _pool_mean_rows(X, starts, lengths, Y):
+    """Y[b] = (sum of X[b]'s real steps, in time order) / lengths[b]; 0 for length 0."""
+    B, _, F = X.shape
+    for b in range(B):
+        y = Y[b]
+        for f in range(F):
+            y[f] = 0
+        n = lengths[b]
+        if n == 0:
+            continue
+        for t in range(starts[b], starts[b] + n):
+            x = X[b, t]
+            for f in range(F):
+                y[f] += x[f]
+        nn = Y.dtype.type(n)
+        for f in range(F):
+            y[f] = y[f] / nn
+
+
+@njit(**_JIT)
+def _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX):
+    """dX (B, T, F), zero on entry: dY[b] routed to the argmax steps (max) or spread as
+    dY[b] / lengths[b] over the real steps (mean)."""
+    B, _, F = dX.shape
+    for b in range(B):
+        n = lengths[b]
+        if n == 0:
+            continue
+        g = dY[b]
+        if is_max:
+            a = argmax[b]
+            for f in range(F):
+                dX[b, a[f], f] = g[f]
+        else:
+            nn = dY.dtype.type(n)
+            for t in range(starts[b], starts[b] + n):
+                d = dX[b, t]
+                for f in range(F):
+                    d[f] = g[f] / nn
+
+
+def pool_forward(X, starts, lengths, mode):
+    """X (B, T, F) -> (Y (B, F), argmax (B, F) int64 or None); see reference.pool_forward."""
+    _ref._check_pool(mode)
+    X = np.ascontiguousarray(X)
+    B, T, F = X.shape
+    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_forward")
+    Y = np.empty((B, F), dtype=X.dtype)
+    if mode == "max":
+        argmax = np.empty((B, F), dtype=np.int64)
+        _pool_max_rows(X, starts, lengths, Y, argmax)
+        return Y, argmax
+    _pool_mean_rows(X, starts, lengths, Y)
+    return Y, None
+
+
+def pool_backward(dY, argmax, starts, lengths, T, mode):
+    """dY (B, F) -> dX (B, T, F), 0 at padding; see reference.pool_backward."""
+    _ref._check_pool(mode)
+    dY = np.ascontiguousarray(dY)
+    B, F = dY.shape
+    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_backward")
+    is_max = mode == "max"
+    if is_max:
+        argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+        if argmax.shape != (B, F):
+            raise ValueError(f"pool_backward: argmax has shape {argmax.shape}, expected {(B, F)}")
+        used = argmax[lengths > 0]  # the kernel writes dX at these steps: keep them inside
+        if used.size and (used.min() < 0 or used.max() >= T):
+            raise ValueError(f"pool_backward: argmax outside [0, {T})")
+    else:
+        argmax = np.zeros((1, 1), dtype=np.int64)  # not read
+    dX = np.zeros((B, int(T), F), dtype=dY.dtype)
+    _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX)
+    return dX
+
+
+# ----------------------------------------------------------------------------------------
 # Optimiser updates (in place). `rows`: update only these rows of a 2-D parameter (lazy).
 
 
@@ -1032,6 +1146,9 @@ def warmup(dtypes=(np.float32, np.float64)):
         logits = np.zeros((2, 2, 3), dtype=dt)
         softmax_xent(logits, np.zeros((2, 2), dtype=np.int64), ids != 0)
         softmax_xent(logits, np.zeros((2, 2), dtype=np.int64))
+        for mode in POOL_MODES:
+            P, arg = pool_forward(X, starts, lengths, mode)
+            pool_backward(P, arg, starts, lengths, T, mode)
         activation_forward(logits, "sigmoid")
         softmax(logits)
         p, g = np.zeros((3, 2), dtype=dt), np.ones((3, 2), dtype=dt)

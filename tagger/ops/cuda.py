@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from tagger.ops import _cuda_kernels as K
-from tagger.ops.reference import ACTIVATIONS, MERGE_MODES, _splitmix64
+from tagger.ops.reference import ACTIVATIONS, MERGE_MODES, _check_pool, _splitmix64, check_spans
 
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 1024
@@ -543,6 +543,43 @@ def merge_backward(dY, Yf, Yb, mode):
     _launch1d("merge_bwd", Yf.dtype, n * H, dY.reshape(n, tuple(dY.shape)[-1]), Yf.reshape(n, H), Yb.reshape(n, H),
               dYf, dYb, K.MERGE_CODES[mode])
     return dYf.reshape(Yf.shape), dYb.reshape(Yf.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Global pooling over time
+
+
+def pool_forward(X, starts, lengths, mode):
+    """X (B, T, F) -> (Y (B, F), argmax (B, F) int64 device array, or None for mean);
+    see reference.pool_forward. starts/lengths host or device."""
+    _check_pool(mode)
+    X = _dev(X)
+    B, T, F = tuple(X.shape)
+    starts_h, lengths_h = check_spans(to_numpy(starts), to_numpy(lengths), B, T, "pool_forward")
+    is_max = mode == "max"
+    Y = _empty((B, F), X.dtype)
+    argmax = _empty((B, F), np.int64) if is_max else None
+    _launch1d("pool_fwd", X.dtype, B * F, X, _dev_int(starts_h), _dev_int(lengths_h), Y,
+              argmax if is_max else _dummy(np.int64, 2), int(is_max))
+    return Y, argmax
+
+
+def pool_backward(dY, argmax, starts, lengths, T, mode):
+    """dY (B, F) -> dX (B, T, F), 0 at padding; see reference.pool_backward."""
+    _check_pool(mode)
+    dY = _dev(dY)
+    B, F = tuple(dY.shape)
+    T = int(T)
+    starts_h, lengths_h = check_spans(to_numpy(starts), to_numpy(lengths), B, T, "pool_backward")
+    is_max = mode == "max"
+    if is_max:
+        argmax = _dev_int(argmax)
+        if tuple(argmax.shape) != (B, F):
+            raise ValueError(f"pool_backward: argmax has shape {tuple(argmax.shape)}, expected {(B, F)}")
+    dX = _empty((B, T, F), dY.dtype)
+    _launch1d("pool_bwd", dY.dtype, B * T * F, dY, argmax if is_max else _dummy(np.int64, 2),
+              _dev_int(starts_h), _dev_int(lengths_h), dX, int(is_max))
+    return dX
 
 
 # ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Legend (shared by every backend)
     B  batch            T  timesteps (padded)     I  input features
     H  LSTM units       G  = 4H (gates)           V  vocabulary rows
     E  embedding width  K  dense output units     N  rows of a 2-D input
+    F  features per step of a pooled sequence (2H after a concat Bidirectional)
     X  (B, T, I)   input sequence, batch-major like Keras
     W  (I, G)      kernel            U (H, G) recurrent_kernel     b (G,) bias
     gate order along G: i, f, c (candidate, "g"), o   (Keras layout)
@@ -313,6 +314,84 @@ def merge_backward(dY, Yf, Yb, mode):
     if mode == "mul":
         return dY * Yb, dY * Yf
     raise ValueError(f"unknown merge_mode {mode!r}; choose one of {MERGE_MODES}")
+
+
+# ----------------------------------------------------------------------------------------
+# Global pooling over time: one vector per sequence (sentence classification)
+
+
+POOL_MODES = ("max", "mean")
+
+
+def check_spans(starts, lengths, B, T, what):
+    """starts, lengths as int64 (B,) arrays, refusing any sequence outside [0, T)."""
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if starts.shape != (B,) or lengths.shape != (B,):
+        raise ValueError(f"{what}: starts and lengths must have shape ({B},)")
+    if B and ((lengths < 0).any() or (starts < 0).any() or (starts + lengths > T).any()):
+        raise ValueError(f"{what}: every sequence must lie inside [0, {T})")
+    return starts, lengths
+
+
+def _check_pool(mode):
+    if mode not in POOL_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOL_MODES}")
+
+
+def pool_forward(X, starts, lengths, mode):
+    """Pool the real steps of each sequence into one vector: X (B, T, F) -> Y (B, F).
+
+    Only X[b, starts[b] : starts[b] + lengths[b]] is read (the masking rule above), so
+    whatever the padding holds, NaN included, never reaches Y; pre- and post-padding alike.
+        max   Y[b, f] = max over the real steps t of X[b, t, f]
+              argmax (B, F) int64: that t (the first one on ties; a NaN at a real step
+              wins, as in np.max), -1 for a length-0 row
+        mean  Y[b, f] = (sum over the real steps of X[b, t, f]) / lengths[b]
+              argmax None
+    A length-0 row gives Y[b] = 0.
+    Returns (Y, argmax).
+    """
+    _check_pool(mode)
+    B, T, F = X.shape
+    starts, lengths = check_spans(starts, lengths, B, T, "pool_forward")
+    Y = np.zeros((B, F), dtype=X.dtype)
+    argmax = np.full((B, F), -1, dtype=np.int64) if mode == "max" else None
+    for b in range(B):
+        s, n = int(starts[b]), int(lengths[b])
+        if n == 0:
+            continue
+        steps = X[b, s : s + n]  # (n, F) the real steps, in time order
+        if mode == "max":
+            k = steps.argmax(axis=0)  # (F,) first maximum; NaN counts as the maximum
+            argmax[b] = s + k
+            Y[b] = steps[k, np.arange(F)]
+        else:
+            Y[b] = steps.sum(axis=0) / n
+    return Y, argmax
+
+
+def pool_backward(dY, argmax, starts, lengths, T, mode):
+    """Backward of pool_forward: dY (B, F), argmax (B, F) int64 (mode max) or None.
+
+    Returns dX (B, T, F):
+        max   dX[b, argmax[b, f], f] = dY[b, f], 0 elsewhere
+        mean  dX[b, t, f] = dY[b, f] / lengths[b] at the real steps, 0 elsewhere
+    Padded steps and length-0 rows get exactly 0.
+    """
+    _check_pool(mode)
+    B, F = dY.shape
+    starts, lengths = check_spans(starts, lengths, B, T, "pool_backward")
+    dX = np.zeros((B, T, F), dtype=dY.dtype)
+    for b in range(B):
+        s, n = int(starts[b]), int(lengths[b])
+        if n == 0:
+            continue
+        if mode == "max":
+            dX[b, argmax[b], np.arange(F)] = dY[b]
+        else:
+            dX[b, s : s + n] = dY[b] / n
+    return dX
 
 
 # ----------------------------------------------------------------------------------------

@@ -285,6 +285,36 @@ def test_merge(mode):
     close(gb, dYb, dtype, "dYb")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_pool(mode, padding, dtype):
+    """Global pooling over time: lengths T, 1, 0 and in between; the padding holds NaN and
+    huge values on the device and zeros for the reference, and must not matter."""
+    rng = np.random.default_rng(12)
+    lengths = np.array([T, 1, 0, 2])
+    starts = np.zeros_like(lengths) if padding == "post" else T - lengths
+    X = rng.normal(size=(4, T, 3)).astype(dtype)
+    real = (np.arange(T)[None, :] >= starts[:, None]) & (np.arange(T)[None, :] < (starts + lengths)[:, None])
+    X[~real] = 0
+    Xp = X.copy()
+    Xp[~real] = np.where(rng.random(size=(int((~real).sum()), 3)) < 0.5, np.nan, 1e30).astype(dtype)
+    dY = rng.normal(size=(4, 3)).astype(dtype)
+    Y, argmax = R.pool_forward(X, starts, lengths, mode)
+    Yc, argc = C.pool_forward(C.asarray(Xp), starts, lengths, mode)
+    close(Yc, Y, dtype, "Y")
+    if mode == "max":
+        np.testing.assert_array_equal(C.to_numpy(argc), argmax)
+    else:
+        assert argc is None
+    dX = R.pool_backward(dY, argmax, starts, lengths, T, mode)
+    dXc = C.pool_backward(C.asarray(dY), argc, C.asarray(starts), C.asarray(lengths), T, mode)
+    close(dXc, dX, dtype, "dX")
+    assert (C.to_numpy(dXc)[~real] == 0).all()
+    with pytest.raises(ValueError, match="pooling mode"):
+        C.pool_forward(C.asarray(X), starts, lengths, "sum")
+
+
 # ----------------------------------------------------------------------------------------
 # dropout, mul
 
@@ -444,6 +474,36 @@ def test_layers_on_cuda_match_reference():
     assert l_dev == pytest.approx(l_ref, rel=1e-10)
     np.testing.assert_allclose(y_dev, y_ref, rtol=1e-10, atol=1e-12)
     assert len(g_ref) == len(g_dev) > 0
+    for k, (a, b) in enumerate(zip(g_dev, g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
+
+
+@pytest.mark.parametrize("pooling", ["GlobalMaxPooling1D", "GlobalAveragePooling1D"])
+def test_pooled_classifier_on_cuda_matches_reference(pooling):
+    """Embedding -> BiLSTM (return_sequences) -> global pooling -> Dense -> per-sequence
+    loss with ops='cuda': forward and every gradient vs ops='reference'."""
+    from tagger import layers as L
+    from tagger.ops import get_ops
+
+    ids = np.array([[3, 1, 4, 1], [0, 0, 0, 2], [0, 6, 5, 3]])  # pre-padded, lengths 4, 1, 3
+    labels = np.array([1, 0, 2])
+    out = {}
+    for backend in ("reference", "cuda"):
+        ops = get_ops(backend)
+        model = L.Sequential(
+            [L.Embedding(7, 3), L.Bidirectional(L.LSTM(2, return_sequences=True)), getattr(L, pooling)(), L.Dense(3)],
+            seed=3, ops=backend, dtype=np.float64,
+        )
+        y, backprop = model.forward(ids, train=True)
+        loss, dy = ops.softmax_xent(y, labels)
+        model.zero_grad()
+        backprop(dy)
+        out[backend] = (loss, np.array(ops.to_numpy(y)),
+                        [np.array(ops.to_numpy(g)) for leaf in model.leaves() for g in leaf.grads])
+    (l_ref, y_ref, g_ref), (l_dev, y_dev, g_dev) = out["reference"], out["cuda"]
+    assert y_dev.shape == (3, 3)
+    assert l_dev == pytest.approx(l_ref, rel=1e-10)
+    np.testing.assert_allclose(y_dev, y_ref, rtol=1e-10, atol=1e-12)
     for k, (a, b) in enumerate(zip(g_dev, g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
 

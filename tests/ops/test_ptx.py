@@ -30,7 +30,10 @@ def test_every_launched_kernel_is_registered():
     used = set(re.findall(r'_launch1d\("(\w+)"', src)) | set(re.findall(r'_kernel\("(\w+)"', src))
     assert used, "no kernel launches found"
     assert used <= set(K.KERNELS), used - set(K.KERNELS)
-    assert {"gemm", "lstm_step", "lstm_bstep"} <= set(K.KERNELS)
+    assert {"gemm", "lstm_step", "lstm_bstep", "pool_fwd", "pool_bwd"} <= set(K.KERNELS)
+    # so the parametrised tests below compile every one of them in both float dtypes
+    assert {("pool_fwd", "float32"), ("pool_fwd", "float64"), ("pool_bwd", "float32"),
+            ("pool_bwd", "float64")} <= set(VARIANTS)
 
 
 @pytest.mark.parametrize("name,dtype", VARIANTS, ids=[f"{n}-{d}" for n, d in VARIANTS])
