@@ -4,11 +4,16 @@
     layer(x, mask=None) -> inference output
     get_weights() / set_weights() in Keras layouts
     CRF: identity in the stack; loss / decode / marginals on the emissions (layers/crf.py)
+    GlobalMaxPooling1D, GlobalAveragePooling1D: (B, T, F) -> (B, F) over the real steps
 """
 from .base import Layer, mask_to_spans
 from .core import Dense, Dropout, Embedding
 from .crf import CRF
+from .pooling import GlobalAveragePooling1D, GlobalMaxPooling1D
 from .recurrent import LSTM, Bidirectional
 from .sequential import Sequential
 
-__all__ = ["Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF", "Sequential", "mask_to_spans"]
+__all__ = [
+    "Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF",
+    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Sequential", "mask_to_spans",
+]

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from tagger.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
+from tagger.layers import (LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
+                           GlobalMaxPooling1D, Sequential)
 from tagger.ops import get_ops
 from tests.gradcheck import assert_grad_close, numeric_grad
 
@@ -84,6 +85,29 @@ def test_classifier_chain_gradients(backend, padding, go_backwards):
     )
     ids = IDS[padding]
     labels = np.array([0, 2, 1])
+    check_model_gradients(model, ids, lambda y: ops.softmax_xent(y, labels), ops)
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("pooling", [GlobalMaxPooling1D, GlobalAveragePooling1D])
+def test_pooled_classifier_chain_gradients(backend, padding, pooling):
+    """Embedding -> BiLSTM (return_sequences) -> global max / mean pooling over the real
+    steps -> Dropout -> Dense -> per-sequence loss. An all-padding row (length 0) pools to 0."""
+    ops = get_ops(backend)
+    model = Sequential(
+        [
+            Embedding(7, 3),
+            Bidirectional(LSTM(3, return_sequences=True)),
+            pooling(),
+            Dropout(0.25),
+            Dense(3),
+        ],
+        seed=4,
+        ops=backend,
+        dtype=np.float64,
+    )
+    ids = np.vstack([IDS[padding], np.zeros((1, 5), dtype=int)])
+    labels = np.array([0, 2, 1, 1])
     check_model_gradients(model, ids, lambda y: ops.softmax_xent(y, labels), ops)
 
 

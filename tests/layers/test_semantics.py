@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from tagger.errors import TaggerError
-from tagger.layers import LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
+from tagger.layers import (LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
+                           GlobalMaxPooling1D, Sequential)
 
 
 def ragged(seed=0, B=4, T=6, I=3):
@@ -188,3 +189,60 @@ def test_projection_is_built_only_once_enough_tokens_are_predicted():
     ids = np.ones((2, 5), dtype=np.int64)  # 10 tokens a call
     used = [model.forward(ids, train=False) and getattr(bid, "_projection_key", None) is not None for _ in range(5)]
     assert used == [False, False, False, True, True]
+
+
+# ----------------------------------------------------------------------------------------
+# global pooling over time
+
+
+@pytest.mark.parametrize("side", ["post", "pre"])
+def test_pooling_follows_keras_masked_formulas(backend, side):
+    """Keras' masked GlobalAveragePooling1D: sum(x * mask) / sum(mask); the masked max:
+    max over the real steps. Garbage padding, pre or post, a (B, T) mask or (B,) lengths."""
+    X, lengths = ragged(3)
+    Xp, mask = padded(X, lengths, side)
+    m = mask[..., None]
+    mean = GlobalAveragePooling1D(ops=backend, dtype=np.float64)
+    mx = GlobalMaxPooling1D(ops=backend, dtype=np.float64)
+    np.testing.assert_allclose(mean(Xp, mask=mask), (Xp * m).sum(1) / m.sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(mx(Xp, mask=mask), np.where(m, Xp, -np.inf).max(1))
+    if side == "post":  # lengths mean post-padding
+        np.testing.assert_array_equal(mx(Xp, mask=lengths), mx(Xp, mask=mask))
+        np.testing.assert_array_equal(mean(Xp, mask=lengths), mean(Xp, mask=mask))
+    # no mask: every step is real, as in Keras
+    np.testing.assert_allclose(mean(Xp), Xp.mean(1), rtol=1e-12)
+    np.testing.assert_array_equal(mx(Xp), Xp.max(1))
+    # the mask stops here
+    assert mean.compute_mask(Xp, mask) is None and mx.compute_mask(Xp, mask) is None
+    with pytest.raises(TaggerError, match="batch, timesteps, features"):
+        mx(Xp[:, 0])
+
+
+def test_summary_shows_pooling_after_a_bidirectional():
+    for pooling in (GlobalMaxPooling1D, GlobalAveragePooling1D):
+        model = Sequential(
+            [Embedding(100, 8), Bidirectional(LSTM(16, return_sequences=True)), pooling(name="pooling"), Dense(3)],
+            input_shape=(None,),
+        )
+        text = model.summary(print_fn=None)
+        row = next(line for line in text.splitlines() if line.startswith(" pooling ("))
+        assert f"pooling ({pooling.__name__})" in row and "(None, 32)" in row and row.split()[-1] == "0"
+        assert model.layers[2].count_params() == 0 and model.layers[2].get_weights() == []
+        assert model.output_shapes()[-1] == (None, 3)
+        assert "Total params: 4,099" in text  # 100*8 + 2 * (8*64 + 16*64 + 64) + 32*3 + 3: pooling adds none
+
+
+@pytest.mark.parametrize("pooling", [GlobalMaxPooling1D, GlobalAveragePooling1D])
+def test_projected_inference_through_pooling_equals_the_plain_forward(pooling):
+    ids = np.array([[4, 2, 7, 1, 3], [5, 0, 0, 0, 0], [0, 0, 6, 2, 2], [0, 0, 0, 0, 0]])
+    model = Sequential(
+        [Embedding(9, 4), Dropout(0.3), Bidirectional(LSTM(3, return_sequences=True)), pooling(), Dense(2)],
+        seed=5, ops="cpu", dtype=np.float64,
+    )
+    model.layers[2].projection_pays = lambda embedding, shape: True
+    model.projected_inference = True
+    fast, _ = model.forward(ids, train=False)
+    model.projected_inference = False
+    plain, _ = model.forward(ids, train=False)
+    assert fast.shape == (4, 2)
+    np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-14)
