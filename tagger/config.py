@@ -140,11 +140,24 @@ class ModelConfig(Section):
     crf: bool = Field(
         False, description="linear-chain CRF output: learned tag transitions, Viterbi decoding (task tag only)"
     )
+    pooling: Literal["last", "max", "mean"] = Field(
+        "last",
+        description="text vector from the last BiLSTM: last (final states) | max | mean over the real steps (task classify only)",
+    )
 
     @model_validator(mode="after")
     def _crf_needs_tagging(self) -> "ModelConfig":
         if self.crf and self.task != "tag":
             raise ValueError("crf: a CRF labels token sequences; it needs task: tag (got task: classify)")
+        return self
+
+    @model_validator(mode="after")
+    def _pooling_needs_classify(self) -> "ModelConfig":
+        if self.pooling != "last" and self.task != "classify":
+            raise ValueError(
+                f"pooling: {self.pooling} pooling makes one vector per text; it needs task: classify "
+                f"(got task: {self.task})"
+            )
         return self
 
 

@@ -3,6 +3,8 @@
     tag:       ids (B, T) -> Embedding -> Dropout -> [BiLSTM, return_sequences] x L
                -> Dropout -> Dense(K)                       -> scores (B, T, K)
     classify:  the same, the last BiLSTM returns its final state -> Dense(C) -> (B, C)
+               model.pooling max | mean: the last BiLSTM returns sequences (B, T, 2H)
+               -> GlobalMaxPooling1D | GlobalAveragePooling1D over the real steps -> (B, 2H)
     model.crf: tag, then CRF(K) (identity in the stack): the Dense scores are the CRF's
                emissions; the loss is the CRF's, tags come from Viterbi decoding and
                their probabilities are the CRF's per-token marginals
@@ -21,12 +23,16 @@ from tagger.data.schemes import convert
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
-from tagger.layers import CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, Sequential
+from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
+                           GlobalMaxPooling1D, Sequential)
+
+POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
 
 
 def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
     """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match."""
     classify = mcfg.task == "classify"
+    pooled = classify and mcfg.pooling != "last"
     layers = [
         Embedding(
             n_words, mcfg.embedding_dim, mask_zero=True, weights=embeddings,
@@ -38,11 +44,15 @@ def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, 
         last = k == mcfg.layers - 1
         lstm = LSTM(
             mcfg.lstm_units,
-            return_sequences=not (classify and last),
+            return_sequences=not (classify and last) or pooled,
             recurrent_dropout=mcfg.recurrent_dropout,
             name=f"lstm_{k + 1}",
         )
         layers.append(Bidirectional(lstm, merge_mode=mcfg.merge_mode, name=f"bilstm_{k + 1}"))
+    if pooled:
+        # An explicit seed (it draws nothing) takes none from the stack's seed sequence, so
+        # the layers after it get the same seeds, and initial weights, as with pooling: last.
+        layers.append(POOLING_LAYERS[mcfg.pooling](name="pooling", seed=0))
     layers += [Dropout(mcfg.dropout, name="output_dropout"), Dense(n_labels, name="output")]
     if mcfg.crf:  # appended last: the seeds (and weights) of the layers before it are unchanged
         layers.append(CRF(n_labels, name="crf"))

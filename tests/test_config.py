@@ -70,6 +70,21 @@ def test_crf_needs_the_tag_task(tmp_path):
     assert not load_config(_write(tmp_path, "model:\n  task: classify\n")).model.crf
 
 
+def test_pooling_needs_the_classify_task(tmp_path):
+    for mode in ("max", "mean"):
+        assert _error(tmp_path, f"model:\n  pooling: {mode}\n") == (
+            f"config.yaml: model.pooling: {mode} pooling makes one vector per text; it needs task: classify "
+            "(got task: tag)"
+        )
+        assert load_config(_write(tmp_path, f"model:\n  task: classify\n  pooling: {mode}\n")).model.pooling == mode
+    # the default (and a saved tag config, which spells the default out) is accepted
+    assert load_config(_write(tmp_path, "model:\n  pooling: last\n")).model.pooling == "last"
+    assert load_config(_write(tmp_path, "model:\n  task: classify\n")).model.pooling == "last"
+    assert _error(tmp_path, "model:\n  task: classify\n  pooling: sum\n") == (
+        "config.yaml: model.pooling: expected one of 'last', 'max', 'mean', got 'sum'"
+    )
+
+
 def test_a_span_scheme_without_target_scheme_keeps_its_scheme(tmp_path):
     config = load_config(_write(tmp_path, "data:\n  format: conll\n  token_column: 0\n  label_column: 3\n  scheme: iob1\n"))
     assert config.data.scheme == "iob1" and config.data.target_scheme is None

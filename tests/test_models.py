@@ -1,5 +1,6 @@
 """Model with a CRF output (model.crf): training, Viterbi predictions, marginals,
-save / load, summary, and that crf: false is unchanged."""
+save / load, summary, and that crf: false is unchanged. Classifier with pooling over
+time (model.pooling): training, save / load, and that pooling: last is unchanged."""
 import numpy as np
 import pytest
 import yaml
@@ -166,3 +167,107 @@ def test_train_step_gradients_through_the_crf():
                 w[rows] = sub
                 continue
             assert_grad_close(analytic[(layer.name, k)], numeric_grad(loss, w), f"{layer.name}/{name}")
+
+
+# ----------------------------------------------------------------------------------------
+# classify with model.pooling
+
+POSITIVE, NEGATIVE = ["great", "superb", "lovely"], ["awful", "dull", "boring"]
+FILLER = ["the", "film", "was", "a", "plot", "with", "and", "actors", "story", "really", "it"]
+
+
+def texts(n, seed=0):
+    """The label is the polarity of one cue word at a random place among 2-11 filler words
+    (so the final state alone has to carry it across the rest of the text)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        label = "pos" if rng.random() < 0.5 else "neg"
+        tokens = [str(w) for w in rng.choice(FILLER, size=rng.integers(2, 12))]
+        tokens.insert(int(rng.integers(0, len(tokens) + 1)), str(rng.choice(POSITIVE if label == "pos" else NEGATIVE)))
+        out.append(Example(tokens=tokens, label=label))
+    return out
+
+
+def tiny_classifier(pooling, ops="cpu", dtype=np.float32, seed=0, units=8):
+    config = Config.model_validate(
+        {"model": {"task": "classify", "pooling": pooling, "embedding_dim": 8, "lstm_units": units, "dropout": 0.0},
+         "training": {"seed": seed}, "device": "cpu"}
+    )
+    words = WordVocab.build([POSITIVE + NEGATIVE + FILLER])
+    labels = LabelVocab.build(["neg", "pos"])
+    network = build_network(config.model, len(words), len(labels), ops=ops, dtype=dtype, seed=seed)
+    return Model(config, words, labels, network)
+
+
+@pytest.fixture(scope="module")
+def trained_max():
+    model = tiny_classifier("max")
+    losses = train(model, texts(96), 60, lr=0.02)
+    return model, losses
+
+
+def test_a_max_pooling_classifier_trains(trained_max):
+    model, losses = trained_max
+    layers = {layer.name: layer for layer in model.network.layers}
+    assert type(layers["pooling"]).__name__ == "GlobalMaxPooling1D"
+    assert layers["bilstm_1"].return_sequences
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+    examples = texts(40, seed=1)
+    preds = model.predict_examples(examples, batch_size=16)
+    assert np.mean([label == ex.label for ex, (label, _) in zip(examples, preds)]) > 0.9
+    assert all(0.5 <= prob <= 1 for _, prob in preds)
+
+
+def test_a_pooled_classifier_saves_and_loads(trained_max, tmp_path):
+    model, _ = trained_max
+    examples = texts(12, seed=2)
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config.model.pooling == "max"
+    assert [layer.name for layer in again.network.layers] == [layer.name for layer in model.network.layers]
+    assert again.predict_examples(examples) == model.predict_examples(examples)
+    for (name, a), (_, b) in zip(model.network.named_weights(), again.network.named_weights()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_pooling_keeps_the_layer_names_seeds_and_weights_of_last():
+    """pooling: last builds the network it always built; max and mean insert a weightless
+    layer 'pooling' and leave every other layer's name, seed and initial weights alone (so
+    the three compare from the same start)."""
+    last = tiny_classifier("last", seed=7)
+    names = [layer.name for layer in last.network.layers]
+    assert names == ["embedding", "embedding_dropout", "bilstm_1", "output_dropout", "output"]
+    assert not last.network.layers[2].return_sequences
+    for pooling in ("max", "mean"):
+        pooled = tiny_classifier(pooling, seed=7)
+        assert [layer.name for layer in pooled.network.layers] == names[:3] + ["pooling"] + names[3:]
+        assert [layer.seed for layer in pooled.network.layers if layer.name != "pooling"] == [
+            layer.seed for layer in last.network.layers
+        ]
+        assert pooled.network.layers[3].count_params() == 0
+        assert len(pooled.network.named_weights()) == len(last.network.named_weights())
+        for (name, a), (other, b) in zip(last.network.named_weights(), pooled.network.named_weights()):
+            assert name == other
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_train_step_gradients_through_the_pooling(pooling):
+    """Float64 finite differences of Model.train_step's loss (a per-text softmax over the
+    pooled BiLSTM outputs, ragged batch) w.r.t. the LSTM and output weights."""
+    model = tiny_classifier(pooling, ops="reference", dtype=np.float64, seed=8, units=3)
+    batch = model.batches(texts(4, seed=3), 4)[0]
+    assert batch.lengths.min() < batch.lengths.max()  # ragged
+    model.network.zero_grad()
+    model.train_step(batch)
+
+    def loss():
+        return model.ops.softmax_xent(model.network(batch.ids), batch.labels)[0]
+
+    for layer in model.network.leaves():
+        if layer.name == "embedding":
+            continue  # covered by tests/layers/test_gradients.py; its table is large
+        for k, name in enumerate(layer.param_names):
+            analytic = np.array(layer.grads[k])
+            assert_grad_close(analytic, numeric_grad(loss, layer.params[k]), f"{layer.name}/{name}")

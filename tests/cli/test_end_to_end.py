@@ -121,12 +121,13 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path, monkeypatch):
     assert len(model.predict(["The cat sleeps ."])[0]["tags"]) == 4
 
 
-def test_classification_end_to_end(cli, tmp_path):
+@pytest.mark.parametrize("pooling", ["last", "max", "mean"])
+def test_classification_end_to_end(cli, tmp_path, pooling):
     cfg = write_config(
         tmp_path / "cls.yaml",
         data={"train": str(SAMPLES / "sample_cls.train.tsv"), "dev": str(SAMPLES / "sample_cls.dev.tsv"),
               "format": "tsv", "text_column": "sentence", "label_column": "label", "header": True},
-        model={"task": "classify", "embedding_dim": 32, "lstm_units": 32, "dropout": 0.2},
+        model={"task": "classify", "embedding_dim": 32, "lstm_units": 32, "dropout": 0.2, "pooling": pooling},
         training={"epochs": 8, "lr": 0.005, "batch_size": 16, "patience": 8},
         vocab={"lowercase": True},
     )
@@ -140,6 +141,8 @@ def test_classification_end_to_end(cli, tmp_path):
     cli("predict", tmp_path / "m", src, "-o", tmp_path / "o")
     rec = json.loads((tmp_path / "o" / "t.txt.jsonl").read_text())
     assert rec["label"] in set(labels) and 0 < rec["probability"] <= 1
+    summary = cli("summary", tmp_path / "m").output
+    assert ("pooling (Global" in summary) == (pooling != "last") and "(None, 64)" in summary
 
 
 def test_ner_spans_in_predictions(cli, tmp_path):

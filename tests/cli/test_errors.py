@@ -31,6 +31,11 @@ def test_unknown_override(cli):
     one_line_error(cli("train", REPO / "configs" / "quickstart.yaml", "--training.lrr", "0.1", ok=False), "training.lrr")
 
 
+def test_pooling_override_on_a_tagging_config(cli):
+    result = cli("train", REPO / "configs" / "quickstart.yaml", "--model.pooling", "max", ok=False)
+    one_line_error(result, "model.pooling", "task: classify")
+
+
 def test_malformed_corpus_line_names_file_and_line(cli, tmp_path):
     bad = tmp_path / "bad.conllu"
     bad.write_text("1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n2\tcat\tcat\tNOUN\n\n")
