@@ -2,7 +2,7 @@
 
     MODEL/
       config.yaml           the resolved config the model was trained with
-      tokenizer.json        the `tokenizers` WordLevel vocabulary ([PAD] = 0, [UNK] = 1)
+      tokenizer.json        the `tokenizers` WordLevel vocabulary ([PAD] = 0, [UNK] = 1, [UNK-...] classes last)
       labels.json           label strings in id order
       weights.safetensors   every weight as 'layer/param' (safetensors: no pickle, no code)
       metrics.json          dev/test scores at save time (optional)
