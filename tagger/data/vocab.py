@@ -45,8 +45,9 @@ from tagger.errors import DataError
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 
-# Suffixes that mark a word's part of speech in English (checked longest first within the
-# list order); a class is "<shape>-<suffix>" for lower-case and capitalised words.
+# Suffixes that mark a word's part of speech in English, tried in this order (the first
+# match wins, so "es" before "s"); a class is "<shape>-<suffix>" for lower-case and
+# capitalised words, and the stem must keep at least two letters.
 UNKNOWN_SUFFIXES = (
     "ing", "ed", "ly", "ion", "ness", "ment", "ity", "able", "ible", "ous", "ive", "ful",
     "less", "ist", "ism", "est", "er", "al", "ic", "an", "es", "s", "y",
