@@ -6,7 +6,9 @@ Notation: ``B`` examples in a batch, ``T`` = the longest length in it.
 
     ids     (B, T) int32   word ids, post-padded with 0 (= [PAD])
     lengths (B,)   int32   real lengths, DESCENDING (longest first: the LSTM kernels rely on it)
-    mask    (B, T) bool    True on real tokens
+    spans   Spans          (starts, lengths) of every row, computed once: the one description
+                           of padding the whole network, the loss and the CRF read (tagger/spans.py)
+    mask    (B, T) bool    True on real tokens (a view of ``spans``)
     labels  (B, T) int32   per-token label ids, padded with 0 - use ``mask`` to ignore padding
             (B,)   int32   or one class id per example (classification)
             None           or no labels (prediction)
@@ -29,14 +31,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tagger.spans import Spans
+
 
 @dataclass
 class PaddedBatch:
     ids: np.ndarray  # (B, T) int32
     lengths: np.ndarray  # (B,) int32, descending
-    mask: np.ndarray  # (B, T) bool
+    spans: Spans  # post-padding spans of the rows
     labels: np.ndarray | None  # (B, T) or (B,) int32
     index: np.ndarray  # (B,) int64
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(B, T) bool, True on real tokens."""
+        return self.spans.mask()
 
     @property
     def size(self) -> int:
@@ -63,7 +72,6 @@ def pad_batch(
     B = len(order)
     T = int(lengths[0]) if B else 0
     out_ids = np.zeros((B, T), dtype=np.int32)
-    mask = np.arange(T)[None, :] < lengths[:, None]
     per_token = labels is not None and B > 0 and not np.isscalar(labels[0])
     out_labels = None
     if labels is not None:
@@ -81,7 +89,7 @@ def pad_batch(
     return PaddedBatch(
         ids=out_ids,
         lengths=lengths,
-        mask=mask,
+        spans=Spans.from_lengths(lengths, T),
         labels=out_labels,
         index=np.asarray(index, dtype=np.int64)[order],
     )
