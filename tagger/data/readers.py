@@ -74,18 +74,28 @@ def check_file(path: PathLike) -> Path:
 
 
 def iter_lines(
-    path: PathLike, encoding: str = "utf-8", encoding_option: str = "data.encoding"
+    path: PathLike,
+    encoding: str = "utf-8",
+    encoding_option: str = "data.encoding",
+    byte_range: tuple[int, int, int] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` with line ends removed; decode errors name the line
-    and the setting that fixes them (``encoding_option``)."""
+    and the setting that fixes them (``encoding_option``).
+
+    ``byte_range=(start, end, first_line)`` reads only the lines in bytes [start, end) of
+    an uncompressed file, numbered from ``first_line``; start and end must sit at line
+    boundaries (tagger.sharding cuts a large file into such parts)."""
     path = check_file(path)
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"{path}: unknown encoding {encoding!r}; set {encoding_option} to e.g. utf-8 or latin-1") from None
     opener = gzip.open if path.suffix == ".gz" else open
+    start, end, first = byte_range if byte_range is not None else (0, None, 1)
     with opener(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
+        handle.seek(start)
+        lines = handle if end is None else _lines_until(handle, end - start)
+        for lineno, raw in enumerate(lines, first):
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as err:
@@ -100,6 +110,15 @@ def iter_lines(
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line.rstrip("\r\n")
+
+
+def _lines_until(handle, budget: int) -> Iterator[bytes]:
+    # the range ends at a line boundary, so whole lines add up to exactly `budget` bytes
+    for raw in handle:
+        if budget <= 0:
+            return
+        budget -= len(raw)
+        yield raw
 
 
 def _nonempty(path: PathLike, examples: Iterator[Example], what: str) -> Iterator[Example]:
