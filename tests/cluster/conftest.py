@@ -57,8 +57,9 @@ def slurm():
 class Slurm:
     """sbatch and polling (squeue, not sbatch --wait, which polls every 10 s)."""
 
-    def submit(self, script, *args, array=None, cwd, env=None, timeout=60) -> str:
-        cmd = ["sbatch", "--parsable", f"--chdir={cwd}", "--export=ALL"]
+    def submit(self, script, *args, sbatch=(), array=None, cwd, env=None, timeout=60) -> str:
+        """sbatch [sbatch options] SCRIPT ARGS...; returns the job id."""
+        cmd = ["sbatch", "--parsable", f"--chdir={cwd}", "--export=ALL", *sbatch]
         if array is not None:
             cmd.append(f"--array={array}")
         out = subprocess.run([*cmd, str(script), *map(str, args)], capture_output=True, text=True,
