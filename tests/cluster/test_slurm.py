@@ -139,3 +139,13 @@ def test_train_mpi_refuses_a_wrong_mpi_plugin(slurm, tmp_path):
     log = (tmp_path / f"slurm-tagger-train-{job}.out").read_text()
     assert "wrong MPI plugin" in log and "--mpi=pmi2" in log, log
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_distributed_cases_under_srun_pmi2(slurm, tmp_path):
+    """The same MPI cases as test_mpi.py, but started by srun with the pmi2 plugin (as the sbatch script does)."""
+    cmd = ["srun", "--mpi=pmi2", "-n", "2", "--mem-per-cpu=200M", sys.executable,
+           str(REPO / "tests" / "cluster" / "mpi_cases.py"), "--expect-size", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=tmp_path, timeout=120)
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert out.returncode == 0 and len(results) == 6, f"{out.stdout}\n{out.stderr}"
+    assert all(r["ok"] and r["size"] == 2 for r in results), results
