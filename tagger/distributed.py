@@ -92,7 +92,7 @@ def check_world(w: World, environ: Mapping[str, str] | None = None) -> None:
     tasks = env.get("SLURM_STEP_NUM_TASKS", "")
     if tasks.isdigit() and int(tasks) > 1 and int(tasks) != w.size:
         raise TaggerError(
-            f"srun started {tasks} tasks but rank {w.rank} sees an MPI world of size {w.size}: "
+            f"srun started {tasks} tasks but MPI rank {w.rank} sees an MPI world of size {w.size} (task {env.get('SLURM_PROCID', '?')}): "
             "wrong MPI plugin; with pip's MPICH use srun --mpi=pmi2"
         )
 
