@@ -361,3 +361,14 @@ def test_model_digest(tmp_path):
     assert len(d) == 64 and model_digest(tmp_path / "run") == d  # a training folder means its model-best
     (model / "labels.json").write_text("other")
     assert model_digest(model) != d
+
+
+def test_more_shards_than_inputs_leaves_empty_shards_complete(tmp_path):
+    a = write_lines(tmp_path / "in" / "a.txt", 3, 0)
+    out = tmp_path / "out"
+    plans = [plan_shards([a], 5, i, out) for i in range(5)]
+    assert sorted(len(p) for p in plans) == [0, 0, 0, 0, 1]
+    for p in plans:
+        manifest, written = run_shard(p, out)
+        assert manifest["complete"] and len(written) == len(p)
+    assert [f.name for f in out.iterdir() if f.is_file()] == ["a.txt.jsonl"]
