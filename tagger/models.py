@@ -132,7 +132,7 @@ class Model:
     def train_step(self, batch: PaddedBatch) -> float:
         """Forward + backward on one batch; gradients accumulate in the network. Returns the loss."""
         ops = self.ops
-        scores, backprop = self.network.forward(ops.asarray(batch.ids), train=True)
+        scores, backprop = self.network.forward(batch.ids, batch.spans, train=True)
         crf = self.crf
         if crf is not None:  # host NumPy: the scores are only B*T*K
             loss, dscores = crf.loss(scores, batch.labels, batch.lengths)
@@ -153,7 +153,7 @@ class Model:
         """(best label ids (B, T) or (B,), probabilities) as NumPy: the argmax of the
         softmax, or with a CRF the Viterbi paths and the marginals."""
         ops = self.ops
-        scores, _ = self.network.forward(ops.asarray(batch.ids), train=False)
+        scores, _ = self.network.forward(batch.ids, batch.spans, train=False)
         crf = self.crf
         if crf is not None:
             emissions = ops.to_numpy(scores)

@@ -420,6 +420,7 @@ class CRF(Layer):
     """
 
     INITIALIZERS = ("zeros", "uniform")
+    config_keys = ("units", "initializer")
 
     def __init__(self, units, initializer="zeros", **kwargs):
         super().__init__(**kwargs)
@@ -442,7 +443,7 @@ class CRF(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def forward(self, x, mask=None, train=True):
+    def call(self, x, spans, train):
         self.check_input(x, (3,), "tag scores of shape (batch, timesteps, tags)")
         self.ensure_built(tuple(x.shape))
         if tuple(x.shape)[-1] != self.units:
