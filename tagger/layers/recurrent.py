@@ -174,6 +174,16 @@ class LSTM(Layer):
         return out, lambda dy: ops.lstm_backward(*backward_args(dy))
 
 
+def _joined(attr):
+    """A view of the forward then the backward layer's list `attr` (the assignment
+    Layer.__init__ makes is ignored: the lists live in the two LSTMs)."""
+
+    def get(self):
+        return getattr(self.forward_layer, attr) + getattr(self.backward_layer, attr) if self.built else []
+
+    return property(get, lambda self, value: None)
+
+
 class Bidirectional(Layer):
     """Runs `layer` forward and a go_backwards copy of it, merging their outputs step by step.
 
@@ -232,21 +242,9 @@ class Bidirectional(Layer):
         self.backward_layer.ensure_built(input_shape)
 
     # weights live in the two LSTMs; these views are derived so they never go stale
-    @property
-    def params(self):
-        return self.forward_layer.params + self.backward_layer.params if self.built else []
-
-    @params.setter
-    def params(self, value):
-        pass
-
-    @property
-    def grads(self):
-        return self.forward_layer.grads + self.backward_layer.grads if self.built else []
-
-    @grads.setter
-    def grads(self, value):
-        pass
+    params = _joined("params")
+    grads = _joined("grads")
+    grad_rows = _joined("grad_rows")
 
     @property
     def param_names(self):
@@ -256,14 +254,6 @@ class Bidirectional(Layer):
 
     @param_names.setter
     def param_names(self, value):
-        pass
-
-    @property
-    def grad_rows(self):
-        return self.forward_layer.grad_rows + self.backward_layer.grad_rows
-
-    @grad_rows.setter
-    def grad_rows(self, value):
         pass
 
     def zero_grad(self):
