@@ -1,3 +1,4 @@
+"""`tagger init-config`: a commented default config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import note, user_errors
 
 
