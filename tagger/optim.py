@@ -57,6 +57,9 @@ def clip_by_global_norm(model, max_norm):
 
 
 class Optimizer:
+    """One update per `step(model)` over every trainable parameter; state per parameter
+    in SLOTS arrays on the parameter's backend, created at its first update."""
+
     SLOTS: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
     def __init__(self, lr, weight_decay=0.0):

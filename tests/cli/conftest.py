@@ -53,3 +53,20 @@ def trained_pos(tmp_path_factory):
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def untrained_pos(tmp_path_factory):
+    """A training output folder whose model-best/ is the bundled POS sample's model saved untrained (no training:
+    for the fast tests of loading and input errors)."""
+    from tagger.config import load_config
+    from tagger.data.prepare import build_vocabularies, load_splits
+    from tagger.io import save_model
+    from tagger.models import Model, build_network
+
+    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    words, labels = build_vocabularies(cfg, load_splits(cfg).train)
+    model = Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), ops="cpu"))
+    out = tmp_path_factory.mktemp("untrained")
+    save_model(model, out / "model-best")  # laid out as a training output folder
+    return out
