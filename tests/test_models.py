@@ -306,3 +306,12 @@ def test_model_predict_and_evaluate_use_the_task():
     assert scores["task"] == "tag" and 0 <= scores["accuracy"] <= 1
     assert "spans" not in scores  # data.scheme none: tags are not spans
     assert model.task == "tag" and model.labeller.name == "tag"
+
+
+def test_the_public_load_and_predict_api(tmp_path):
+    import tagger
+
+    model = tiny_model(crf=True, seed=13)
+    save_model(model, tmp_path / "out" / "model-best")  # a training output folder
+    texts = ["Anna Smith spoke .", "the minister rose"]
+    assert tagger.load(tmp_path / "out").predict(texts) == model.predict(texts)
