@@ -88,11 +88,6 @@ class DataConfig(Section):
             )
         return self
 
-    @property
-    def train_scheme(self) -> str:
-        """The scheme the model is trained and predicts in."""
-        return self.target_scheme or self.scheme
-
     def reader_options(self) -> dict[str, Any]:
         """Keyword options for :func:`tagger.data.readers.read_examples` with ``format``."""
         fmt = self.format
@@ -174,7 +169,7 @@ class TrainingConfig(Section):
     clip_norm: float | None = Field(5.0, gt=0.0, description="clip the global gradient norm (null = off)")
     lr_schedule: Literal["none", "plateau"] = Field("none", description="none | plateau (reduce on plateau)")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: multiply lr by this")
-    lr_patience: int = Field(1, ge=1, description="plateau: evaluations without improvement before reducing")
+    lr_patience: int = Field(1, ge=1, description="plateau: evaluations without improvement tolerated; the lr drops at the next one (PyTorch's meaning)")
     min_lr: float = Field(1.0e-5, ge=0.0, description="plateau: lower bound of lr")
     seed: int = Field(0, description="seed for initialisation, shuffling and the dev split")
     eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or each epoch")

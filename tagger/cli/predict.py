@@ -1,3 +1,4 @@
+"""`tagger predict MODEL INPUT...`: tagger.predict over files, from the command line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import load, note, user_errors
 
 

@@ -9,12 +9,12 @@
 """
 from tagger.spans import Spans
 
-from .base import Layer, as_spans
+from .base import Layer, as_spans, deserialize, serialize
 from .core import Dense, Dropout, Embedding
 from .crf import CRF
 from .pooling import GlobalAveragePooling1D, GlobalMaxPooling1D
 from .recurrent import LSTM, Bidirectional
-from .sequential import Sequential, deserialize, serialize
+from .sequential import Sequential
 
 __all__ = [
     "Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF",

@@ -252,3 +252,34 @@ class Layer:
             raise TaggerError(
                 f"layer {self.name!r} expects {what}, got an array of shape {tuple(x.shape)}"
             )
+
+
+# ----------------------------------------------------------------------------------------
+# serialization (Keras' {"class_name", "config"})
+
+
+def serialize(layer) -> dict:
+    """{"class_name": ..., "config": layer.get_config()}, as Keras writes a layer."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def layer_classes() -> dict[str, type]:
+    """Every Layer subclass defined in tagger.layers, by class name."""
+    found, todo = {}, [Layer]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("tagger.layers") and not sub.__name__.startswith("_"):
+                found[sub.__name__] = sub
+    return found
+
+
+def deserialize(spec: dict):
+    """A new, unbuilt layer from serialize()'s output: the class is looked up among
+    tagger's own layers (no weights, and no code named by the data is imported or run)."""
+    name = spec.get("class_name") if isinstance(spec, dict) else None
+    cls = layer_classes().get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise TaggerError(f"unknown layer class {name!r}; expected one of {', '.join(sorted(layer_classes()))}")
+    return cls.from_config(spec.get("config", {}))

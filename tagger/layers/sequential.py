@@ -5,7 +5,7 @@ import numpy as np
 
 from tagger.errors import TaggerError
 
-from .base import Layer
+from .base import Layer, deserialize, serialize
 from .core import Dropout, Embedding
 from .recurrent import Bidirectional, LSTM
 
@@ -200,22 +200,6 @@ class Sequential(Layer):
         if print_fn is not None:
             print_fn(text)
         return text
-
-
-def serialize(layer) -> dict:
-    """{"class_name": ..., "config": layer.get_config()}, as Keras writes a layer."""
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
-
-
-def deserialize(spec: dict):
-    """A new, unbuilt layer from serialize()'s output (no weights; no code is run)."""
-    from tagger import layers as registry
-
-    name = spec.get("class_name") if isinstance(spec, dict) else None
-    cls = getattr(registry, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise TaggerError(f"unknown layer class {name!r}; expected one of the tagger.layers classes")
-    return cls.from_config(spec.get("config", {}))
 
 
 def _fmt_shape(shape):
