@@ -22,6 +22,11 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
                            dh_prev = dz_s @ U^T                (n_s, H) the only per-step GEMM
               dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
               three large GEMMs after the time loop.
+    options   activation / recurrent_activation other than (tanh, sigmoid), or h0 / c0:
+              the same kernels, taking a per-call branch to loops that dispatch on an
+              activation code (reference.LSTM_ACT_CODES); h0 enters as the step-0 rows of
+              Hprev (one more GEMM), c0 as c_prev at step 0. The default branch is the
+              original loops, unchanged (bitwise and in speed).
 
 Transcendentals: libm's expf/tanhf do not vectorise without SVML, so float32 kernels use
 pure-arithmetic approximations that LLVM vectorises: the LSTM gates Eigen's rational tanh
@@ -228,7 +233,6 @@ def _gate_sigmoid_impl(x):
 # dispatched per element by the general path only. The default pair (tanh, sigmoid) keeps
 # its own loops in the kernels below, untouched, so its speed and its bits never depend on
 # the options; tanh and sigmoid here are the same gate approximations as on that path.
-_LINEAR = _ref.LSTM_ACT_CODES["linear"]
 _RELU = _ref.LSTM_ACT_CODES["relu"]
 _TANH = _ref.LSTM_ACT_CODES["tanh"]
 _SIGMOID = _ref.LSTM_ACT_CODES["sigmoid"]
@@ -245,7 +249,7 @@ def _lstm_act(x, code):
         return min(max(x / 6 + 0.5, 0.0), 1.0)
     if code == _RELU:
         return max(x, 0.0)
-    return x
+    return x  # linear
 
 
 @overload(_lstm_act)
@@ -262,7 +266,7 @@ def _lstm_act_impl(x, code):
             return min(max(x / six + half, zero), one)
         if code == _RELU:
             return max(x, zero)
-        return x
+        return x  # linear
 
     return impl
 

@@ -193,6 +193,19 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     return Y, h, c, cache
 
 
+def _state_before(cache, rows, times, s, h_init, c_init):
+    """(h_prev * rec_mask, c_prev) entering step s of `rows`: the previous step's outputs
+    (consecutive steps of one sequence read adjacent time indices), or the initial state."""
+    if s > 0:
+        prev_times = times + 1 if cache.reverse else times - 1
+        h_prev, c_prev = cache.Y[rows, prev_times], cache.C[rows, prev_times]
+    else:
+        h_prev, c_prev = h_init[rows], c_init[rows]
+    if cache.rec_mask is not None:
+        h_prev = h_prev * cache.rec_mask[rows]
+    return h_prev, c_prev
+
+
 def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
@@ -214,17 +227,8 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     max_len = int(lengths.max()) if B else 0
     for s in range(max_len - 1, -1, -1):
         rows, times = step_times(starts, lengths, s, reverse)
-        # 1. state before this step (the initial state at the first step)
-        if s > 0:
-            # consecutive steps of one sequence read adjacent time indices
-            prev_times = times + 1 if reverse else times - 1
-            h_prev = cache.Y[rows, prev_times]
-            c_prev = cache.C[rows, prev_times]
-        else:
-            h_prev = h_init[rows]
-            c_prev = c_init[rows]
-        if cache.rec_mask is not None:
-            h_prev = h_prev * cache.rec_mask[rows]
+        # 1. state before this step
+        h_prev, c_prev = _state_before(cache, rows, times, s, h_init, c_init)
         a = cache.acts[rows, times]
         i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
         tc = lstm_act(cache.C[rows, times], act)
