@@ -260,7 +260,7 @@ class CudaLSTMCache:
         self.acts = acts  # (B, T, G) gate activations i, f, g, o
         self.C = C  # (B, T, H) cell state after each step
         self.Y = Y  # (B, T, H) hidden state after each step
-        self.Hp = Hp  # (B, T, H) h_prev * rec_mask entering each step (0 at the first/padding)
+        self.Hp = Hp  # (B, T, H) h_prev * rec_mask entering each step (h0 * rec_mask or 0 at the first; 0 at padding)
         self.starts_h = starts_h  # host copies: the step loop bounds
         self.lengths_h = lengths_h
         self.codes = codes  # (cell_code, gate_code): activation, recurrent_activation
@@ -304,8 +304,9 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Y, C, Hp = zeros((B, T, H), dt), zeros((B, T, H), dt), zeros((B, T, H), dt)
     acts = zeros((B, T, G), dt)
     rm = _dev(rec_mask) if rec_mask is not None else _dummy(dt, 2)
-    state0 = (_dev(h0) if h0 is not None else _dummy(dt, 2), int(h0 is not None),
-              _dev(c0) if c0 is not None else _dummy(dt, 2), int(c0 is not None))
+    # the initial state in X's dtype, so the kernels keep one specialisation per dtype
+    state0 = (asarray(h0, dt) if h0 is not None else _dummy(dt, 2), int(h0 is not None),
+              asarray(c0, dt) if c0 is not None else _dummy(dt, 2), int(c0 is not None))
     max_len = int(lengths_h.max()) if B else 0
     if _recurrence() == "sequence":
         if max_len:
