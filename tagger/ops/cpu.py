@@ -22,6 +22,11 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
                            dh_prev = dz_s @ U^T                (n_s, H) the only per-step GEMM
               dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
               three large GEMMs after the time loop.
+    options   activation / recurrent_activation other than (tanh, sigmoid), or h0 / c0:
+              the same kernels, taking a per-call branch to loops that dispatch on an
+              activation code (reference.LSTM_ACT_CODES); h0 enters as the step-0 rows of
+              Hprev (one more GEMM), c0 as c_prev at step 0. The default branch is the
+              original loops, unchanged (bitwise and in speed).
 
 Transcendentals: libm's expf/tanhf do not vectorise without SVML, so float32 kernels use
 pure-arithmetic approximations that LLVM vectorises: the LSTM gates Eigen's rational tanh
@@ -224,6 +229,80 @@ def _gate_sigmoid_impl(x):
     return lambda x: _sigmoid(x)
 
 
+# The LSTM options (reference.py legend): activation codes of reference.LSTM_ACT_CODES,
+# dispatched per element by the general path only. The default pair (tanh, sigmoid) keeps
+# its own loops in the kernels below, untouched, so its speed and its bits never depend on
+# the options; tanh and sigmoid here are the same gate approximations as on that path.
+_RELU = _ref.LSTM_ACT_CODES["relu"]
+_TANH = _ref.LSTM_ACT_CODES["tanh"]
+_SIGMOID = _ref.LSTM_ACT_CODES["sigmoid"]
+_HARD_SIGMOID = _ref.LSTM_ACT_CODES["hard_sigmoid"]
+
+
+def _lstm_act(x, code):
+    """The LSTM activation `code` of the scalar x (uncompiled version)."""
+    if code == _TANH:
+        return math.tanh(x)
+    if code == _SIGMOID:
+        return _sigmoid(x)
+    if code == _HARD_SIGMOID:
+        return min(max(x / 6 + 0.5, 0.0), 1.0)
+    if code == _RELU:
+        return max(x, 0.0)
+    return x  # linear
+
+
+@overload(_lstm_act)
+def _lstm_act_impl(x, code):
+    ft = np.float32 if x == types.float32 else np.float64
+    zero, half, one, six = ft(0), ft(0.5), ft(1), ft(6)
+
+    def impl(x, code):
+        if code == _TANH:
+            return _gate_tanh(x)
+        if code == _SIGMOID:
+            return _gate_sigmoid(x)
+        if code == _HARD_SIGMOID:
+            return min(max(x / six + half, zero), one)
+        if code == _RELU:
+            return max(x, zero)
+        return x  # linear
+
+    return impl
+
+
+def _lstm_dact(a, code):
+    """d act / dx of the LSTM activation `code`, from its output a (0 at the kinks)."""
+    if code == _TANH:
+        return 1.0 - a * a
+    if code == _SIGMOID:
+        return a * (1.0 - a)
+    if code == _HARD_SIGMOID:
+        return 1.0 / 6.0 if 0.0 < a < 1.0 else 0.0
+    if code == _RELU:
+        return 1.0 if a > 0.0 else 0.0
+    return 1.0
+
+
+@overload(_lstm_dact)
+def _lstm_dact_impl(a, code):
+    ft = np.float32 if a == types.float32 else np.float64
+    zero, one, sixth = ft(0), ft(1), ft(1.0 / 6.0)
+
+    def impl(a, code):
+        if code == _TANH:
+            return one - a * a
+        if code == _SIGMOID:
+            return a * (one - a)
+        if code == _HARD_SIGMOID:
+            return sixth if (a > zero and a < one) else zero
+        if code == _RELU:
+            return one if a > zero else zero
+        return one
+
+    return impl
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM kernels
 
@@ -279,15 +358,18 @@ def _zero_padding(Y, starts, lengths):
 
 @njit(**_JIT_FMA)
 def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
-                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask, c0s, has_c0, gate_code, cell_code):
     """One step of the recurrence for the n_s running rows (fused gate arithmetic).
 
     Z (N, G): pre-activations x W on entry, gate activations i, f, g, o on exit (rows of
-    step s). R (>=n_s, G): h_prev @ U (zeros at s = 0).
-    Writes c and tanh(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
+    step s). R (>=n_s, G): h_prev @ U (zeros at s = 0 without h0).
+    c0s (B, H) sorted rows: the initial cell state when has_c0. gate_code, cell_code:
+    recurrent_activation and activation (LSTM_ACT_CODES).
+    Writes c and act(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
     step s + 1 for the rows that continue, or h, c to h_last, c_last for rows that end.
     """
     H = Cp.shape[1]
+    default = gate_code == _SIGMOID and cell_code == _TANH
     n = counts[s]
     n_next = counts[s + 1]
     off = offsets[s]
@@ -305,36 +387,50 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
         zif = z[: 2 * H]
         rif = rk[: 2 * H]
         bif = b[: 2 * H]
-        for j in range(2 * H):
-            zif[j] = _gate_sigmoid(zif[j] + rif[j] + bif[j])
         zg = z[2 * H : 3 * H]
         rg = rk[2 * H : 3 * H]
         bg = b[2 * H : 3 * H]
-        for j in range(H):
-            zg[j] = _gate_tanh(zg[j] + rg[j] + bg[j])
         zo = z[3 * H :]
         ro = rk[3 * H :]
         bo = b[3 * H :]
-        for j in range(H):
-            zo[j] = _gate_sigmoid(zo[j] + ro[j] + bo[j])
+        if default:
+            for j in range(2 * H):
+                zif[j] = _gate_sigmoid(zif[j] + rif[j] + bif[j])
+            for j in range(H):
+                zg[j] = _gate_tanh(zg[j] + rg[j] + bg[j])
+            for j in range(H):
+                zo[j] = _gate_sigmoid(zo[j] + ro[j] + bo[j])
+        else:
+            for j in range(2 * H):
+                zif[j] = _lstm_act(zif[j] + rif[j] + bif[j], gate_code)
+            for j in range(H):
+                zg[j] = _lstm_act(zg[j] + rg[j] + bg[j], cell_code)
+            for j in range(H):
+                zo[j] = _lstm_act(zo[j] + ro[j] + bo[j], gate_code)
         zi = z[:H]
         zf = z[H : 2 * H]
-        # 2. c = f * c_prev + i * g
+        # 2. c = f * c_prev + i * g   (c_prev = c0 at the first step, when given)
         c = Cp[off + k]
-        if s > 0:
-            cp = Cp[off_prev + k]
+        if s > 0 or has_c0:
+            cp = Cp[off_prev + k] if s > 0 else c0s[k]
             for j in range(H):
                 c[j] = zf[j] * cp[j] + zi[j] * zg[j]
         else:
             for j in range(H):
                 c[j] = zi[j] * zg[j]
-        # 3. h = o * tanh(c)
+        # 3. h = o * act(c)
         tc = TCp[off + k]
         y = Y[r, t]
-        for j in range(H):
-            tcj = _gate_tanh(c[j])
-            tc[j] = tcj
-            y[j] = zo[j] * tcj
+        if cell_code == _TANH:
+            for j in range(H):
+                tcj = _gate_tanh(c[j])
+                tc[j] = tcj
+                y[j] = zo[j] * tcj
+        else:
+            for j in range(H):
+                tcj = _lstm_act(c[j], cell_code)
+                tc[j] = tcj
+                y[j] = zo[j] * tcj
         # 4. hand h on: to the next step's GEMM input, or to the final state
         if k < n_next:
             hp = Hprev[off_next + k]
@@ -355,15 +451,16 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
 
 @njit(**_JIT_FMA)
 def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc, dZ, db,
-                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask, c0s, has_c0, gate_code, cell_code):
     """Backward of one step (numbered as in the reference's lstm_backward).
 
     dHm (>=n_{s+1}, H): dz_{s+1} @ U^T of the rows that continued to step s + 1 (before the
     rec_mask scale); rows that end at s take dh_last instead. dc (B, H), sorted rows: the
     carried cell gradient (dc_last on entry), updated in place to dc_prev. Writes dz to dZ
-    rows of step s and accumulates db.
+    rows of step s and accumulates db. c0s, has_c0, gate_code, cell_code: as the forward.
     """
     H = Cp.shape[1]
+    default = gate_code == _SIGMOID and cell_code == _TANH
     n = counts[s]
     n_next = counts[s + 1]
     off = offsets[s]
@@ -403,24 +500,41 @@ def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc,
             dy = dY[r, t]
             for j in range(H):
                 dzo[j] += dy[j]
-        for j in range(H):
-            dh = dzo[j]
-            dck[j] += dh * o[j] * (one - tc[j] * tc[j])
-            dzo[j] = dh * tc[j] * o[j] * (one - o[j])
-        # 3. c = f * c_prev + i * g   (dck becomes dc_prev)
-        if s > 0:
-            cp = Cp[off_prev + k]
+        if default:
             for j in range(H):
-                dzf[j] = dck[j] * cp[j] * f[j] * (one - f[j])
+                dh = dzo[j]
+                dck[j] += dh * o[j] * (one - tc[j] * tc[j])
+                dzo[j] = dh * tc[j] * o[j] * (one - o[j])
+        else:
+            for j in range(H):
+                dh = dzo[j]
+                dck[j] += dh * o[j] * _lstm_dact(tc[j], cell_code)
+                dzo[j] = dh * tc[j] * _lstm_dact(o[j], gate_code)
+        # 3. c = f * c_prev + i * g   (dck becomes dc_prev; c_prev = c0 at the first step)
+        if s > 0 or has_c0:
+            cp = Cp[off_prev + k] if s > 0 else c0s[k]
+            if default:
+                for j in range(H):
+                    dzf[j] = dck[j] * cp[j] * f[j] * (one - f[j])
+            else:
+                for j in range(H):
+                    dzf[j] = dck[j] * cp[j] * _lstm_dact(f[j], gate_code)
         else:
             for j in range(H):
                 dzf[j] = 0
-        for j in range(H):
-            d = dck[j]
-            # 4. gate nonlinearities
-            dzi[j] = d * g[j] * i[j] * (one - i[j])
-            dzg[j] = d * i[j] * (one - g[j] * g[j])
-            dck[j] = d * f[j]
+        # 4. gate nonlinearities
+        if default:
+            for j in range(H):
+                d = dck[j]
+                dzi[j] = d * g[j] * i[j] * (one - i[j])
+                dzg[j] = d * i[j] * (one - g[j] * g[j])
+                dck[j] = d * f[j]
+        else:
+            for j in range(H):
+                d = dck[j]
+                dzi[j] = d * g[j] * _lstm_dact(i[j], gate_code)
+                dzg[j] = d * i[j] * _lstm_dact(g[j], cell_code)
+                dck[j] = d * f[j]
         for j in range(4 * H):
             db[j] += dz[j]
 
@@ -447,6 +561,31 @@ class LSTMCache:
     rec_mask: np.ndarray  # (B, H) or (1, 1) placeholder
     has_rec_mask: bool
     shape: tuple  # (B, T, I)
+    opts: _LSTMOptions  # activations and initial state
+
+
+@dataclass
+class _LSTMOptions:
+    """The LSTM options of one call, in kernel form (reference.py legend)."""
+
+    cell_code: int  # activation (g and act(c)), LSTM_ACT_CODES
+    gate_code: int  # recurrent_activation (i, f, o)
+    h0: np.ndarray | None  # (B, H) initial h, original row order
+    c0: np.ndarray | None  # (B, H) initial c, original row order
+    h0s: np.ndarray  # (B, H) h0[order] * rec_mask[order], or a (1, 1) placeholder
+    c0s: np.ndarray  # (B, H) c0[order], or a (1, 1) placeholder
+
+
+def _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H):
+    """Codes and sorted initial states for the kernels (placeholders where absent)."""
+    cell, gate = _ref.lstm_act_codes(activation, recurrent_activation)
+    if h0 is not None:
+        h0 = np.ascontiguousarray(h0, dtype=dt).reshape(B, H)
+        h0s = h0[order] * rec_m[order] if has_rec else h0[order]
+    if c0 is not None:
+        c0 = np.ascontiguousarray(c0, dtype=dt).reshape(B, H)
+    return _LSTMOptions(cell, gate, h0, c0, h0s if h0 is not None else _placeholder(dt),
+                        np.ascontiguousarray(c0[order]) if c0 is not None else _placeholder(dt))
 
 
 _PLACEHOLDER = {}
@@ -475,39 +614,46 @@ def _schedule(starts, lengths, B):
     return starts, lengths, order, counts, offsets, S
 
 
-def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T):
+def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts):
     """The time loop over packed pre-activations Z (N, G) = x W: per step one (n_s, H) @ (H, G)
-    GEMM and one fused gate kernel. Z becomes the gate activations in place.
+    GEMM and one fused gate kernel. Z becomes the gate activations in place. opts: an
+    _LSTMOptions (activations, initial state).
     Returns Y (B, T, H), h_last, c_last (B, H), Cp, TCp, Hprev (N, H)."""
     dt = Z.dtype
     B = order.shape[0]
     H = U.shape[0]
     N = Z.shape[0]
     S = counts.shape[0] - 1
+    has_h0 = opts.h0 is not None
     Cp = np.empty((N, H), dtype=dt)
     TCp = np.empty((N, H), dtype=dt)
     Hprev = np.empty((N, H), dtype=dt)
-    Hprev[: counts[0] if S else 0] = 0
+    n0 = counts[0] if S else 0
+    Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
     Y = np.empty((B, T, H), dtype=dt)
     _zero_padding(Y, starts, lengths)
-    h_last = np.zeros((B, H), dtype=dt)
-    c_last = np.zeros((B, H), dtype=dt)
+    # rows that take no step keep the initial state as their final state
+    h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
+    c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
     R = np.zeros((B, GATES * H), dtype=dt)
     for s in range(S):
         off = offsets[s]
         n = counts[s]
-        if s > 0:
+        if s > 0 or has_h0:
             np.matmul(Hprev[off : off + n], U, out=R[:n])
         _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
-                       order, starts, lengths, reverse, rec_m, has_rec)
+                       order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
+                       opts.gate_code, opts.cell_code)
     return Y, h_last, c_last, Cp, TCp, Hprev
 
 
-def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
+def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
     """One LSTM direction over a padded batch (rows in any order, any padding side).
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
-    in_mask (B, I) or None, rec_mask (B, H) or None.
+    in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
+    activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
     X = np.ascontiguousarray(X)
@@ -531,17 +677,19 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Z = np.empty((N, G), dtype=dt)
     if N:
         np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
+    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H)
     Y, h_last, c_last, Cp, TCp, Hprev = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                                    rec_m, has_rec, T)
+                                                    rec_m, has_rec, T, opts)
     cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
-                      offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
+                      offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I), opts)
     return Y, h_last, c_last, cache
 
 
-def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
+def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
-    Accumulates into dW (I, G), dU (H, G), db (G,); returns dX (B, T, I).
+    Accumulates into dW (I, G), dU (H, G), db (G,), and into dh0, dc0 (B, H) when given
+    (gradient w.r.t. the initial state); returns dX (B, T, I).
     Gradients arriving at padded positions of dY are ignored.
     """
     c = cache
@@ -563,26 +711,49 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
     dHm = np.empty((B, H), dtype=dt)
     db_acc = np.zeros(G, dtype=dt)
     UT = c.U.T  # a transposed view: BLAS takes it as is (a contiguous copy cost more than it saved)
+    o = c.opts
     for s in range(S - 1, -1, -1):
         _lstm_bwd_step(s, c.offsets, c.counts, c.A, c.Cp, c.TCp, dY, has_dY, dHm, dhl, dcs, dZ, db_acc,
-                       c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask)
+                       c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask,
+                       o.c0s, o.c0 is not None, o.gate_code, o.cell_code)
         if s > 0:
             n = c.counts[s]
             off = c.offsets[s]
             np.matmul(dZ[off : off + n], UT, out=dHm[:n])
+    _initial_state_grads(c, dZ, dhl, dcs, dh0, dc0)
     # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
     db += db_acc
     dX = np.empty((B, T, I), dtype=dt)
     _zero_padding(dX, c.starts, c.lengths)
     if N:
         dW += c.Xp.T @ dZ
-        n0 = c.counts[0]
+        n0 = 0 if o.h0 is not None else c.counts[0]  # Hprev is 0 at the first step without h0
         if N > n0:
             dU += c.Hprev[n0:].T @ dZ[n0:]
         dXp = dZ @ c.W.T
         _unpack_rows(dXp, c.in_mask, c.has_in_mask, c.order, c.starts, c.lengths, c.offsets, c.counts,
                      c.reverse, dX)
     return dX
+
+
+def _initial_state_grads(c, dZ, dhl, dcs, dh0, dc0):
+    """dh0, dc0 (B, H) += the gradient w.r.t. the state before each row's first step.
+
+    dcs (B, H, sorted rows) is that for c after the step loop; for h it is dz_0 @ U^T
+    (times rec_mask) for rows that took a step, dh_last (dhl) for length-0 rows.
+    """
+    if dc0 is not None:
+        dc0[c.order] += dcs
+    if dh0 is None:
+        return
+    B, H = dhl.shape
+    n0 = c.counts[0]  # rows that take a step (0 when no row does)
+    dh = np.empty((B, H), dtype=dhl.dtype)
+    np.matmul(dZ[:n0], c.U.T, out=dh[:n0])
+    if c.has_rec_mask:
+        dh[:n0] *= c.rec_mask[c.order[:n0]]
+    dh[n0:] = dhl[c.order[n0:]]
+    dh0[c.order] += dh
 
 
 # ----------------------------------------------------------------------------------------
@@ -616,12 +787,14 @@ def lstm_input_table(table, W):
     return np.matmul(table, np.ascontiguousarray(W, dtype=table.dtype))
 
 
-def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False):
-    """lstm_forward(embedding_forward(table, ids), W, U, b, starts, lengths, reverse) for
-    P = lstm_input_table(table, W), without the input GEMM. Inference only: no dropout
-    masks, and the returned cache is None (no backward).
+def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="tanh",
+                     recurrent_activation="sigmoid", h0=None, c0=None):
+    """lstm_forward(embedding_forward(table, ids), W, U, b, starts, lengths, reverse, None,
+    None, activation, recurrent_activation, h0, c0) for P = lstm_input_table(table, W),
+    without the input GEMM. Inference only: no dropout masks, and the returned cache is
+    None (no backward).
 
-    P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int.
+    P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int, h0/c0 (B, H) or None.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), None.
     """
     P = np.ascontiguousarray(P)
@@ -635,8 +808,9 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False):
     reverse = bool(reverse)
     Z = np.empty((N, P.shape[1]), dtype=dt)
     _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z)
+    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, None, False, dt, B, U.shape[0])
     Y, h_last, c_last, _, _, _ = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                             _placeholder(dt), False, T)
+                                             _placeholder(dt), False, T, opts)
     return Y, h_last, c_last, None
 
 
@@ -682,8 +856,8 @@ def lstm_forward_pair(args_fwd, args_bwd, threads=None):
 def lstm_backward_pair(args_fwd, args_bwd, threads=None):
     """Run two independent lstm_backward calls, concurrently when threads >= 2.
 
-    Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db); the two must accumulate
-    into different gradient buffers. Returns (dX_fwd, dX_bwd).
+    Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db[, dh0, dc0]); the two must
+    accumulate into different gradient buffers. Returns (dX_fwd, dX_bwd).
     """
     threads = num_threads() if threads is None else threads
     if threads < 2:

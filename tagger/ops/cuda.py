@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from tagger.ops import _cuda_kernels as K
-from tagger.ops.reference import ACTIVATIONS, MERGE_MODES, _check_pool, _splitmix64, check_spans
+from tagger.ops.reference import ACTIVATIONS, MERGE_MODES, _check_pool, _splitmix64, check_spans, lstm_act_codes
 
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 1024
@@ -248,7 +248,7 @@ class CudaLSTMCache:
     """What lstm_backward needs: device arrays from the forward plus host starts/lengths."""
 
     def __init__(self, X, W, U, starts, lengths, reverse, in_mask, rec_mask, acts, C, Y, Hp,
-                 starts_h, lengths_h):
+                 starts_h, lengths_h, codes, c0):
         self.X = X  # (B, T, I) input after in_mask
         self.W = W  # (I, G)
         self.U = U  # (H, G)
@@ -260,18 +260,23 @@ class CudaLSTMCache:
         self.acts = acts  # (B, T, G) gate activations i, f, g, o
         self.C = C  # (B, T, H) cell state after each step
         self.Y = Y  # (B, T, H) hidden state after each step
-        self.Hp = Hp  # (B, T, H) h_prev * rec_mask entering each step (0 at the first/padding)
+        self.Hp = Hp  # (B, T, H) h_prev * rec_mask entering each step (h0 * rec_mask or 0 at the first; 0 at padding)
         self.starts_h = starts_h  # host copies: the step loop bounds
         self.lengths_h = lengths_h
+        self.codes = codes  # (cell_code, gate_code): activation, recurrent_activation
+        self.c0 = c0  # (B, H) initial cell state, or None (h0 is in Hp at each first step)
 
 
-def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
+def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
     """One LSTM direction over a padded batch (see reference.lstm_forward).
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int (host or device),
-    in_mask (B, I) or None, rec_mask (B, H) or None.
+    in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
+    activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
+    cell_code, gate_code = lstm_act_codes(activation, recurrent_activation)
     X, W, U, b = _dev(X), _dev(W), _dev(U), _dev(b)
     dt = X.dtype
     B, T, I = X.shape
@@ -299,34 +304,41 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Y, C, Hp = zeros((B, T, H), dt), zeros((B, T, H), dt), zeros((B, T, H), dt)
     acts = zeros((B, T, G), dt)
     rm = _dev(rec_mask) if rec_mask is not None else _dummy(dt, 2)
+    # the initial state in X's dtype, so the kernels keep one specialisation per dtype
+    state0 = (asarray(h0, dt) if h0 is not None else _dummy(dt, 2), int(h0 is not None),
+              asarray(c0, dt) if c0 is not None else _dummy(dt, 2), int(c0 is not None))
     max_len = int(lengths_h.max()) if B else 0
     if _recurrence() == "sequence":
         if max_len:
             _kernel("lstm_seq", dt)[_seq_grid(B), _seq_block(H)](
-                XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None), starts_d, lengths_d, int(bool(reverse)))
+                XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None), *state0, gate_code, cell_code,
+                starts_d, lengths_d, int(bool(reverse)))
     else:
         for s in range(max_len):
-            _launch1d("lstm_step", dt, B * H, XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None),
-                      starts_d, lengths_d, s, int(bool(reverse)))
-    # 3. final state at each row's last real step
+            _launch1d("lstm_step", dt, B * H, XW, U, Y, C, acts, Hp, rm, int(rec_mask is not None), *state0,
+                      gate_code, cell_code, starts_d, lengths_d, s, int(bool(reverse)))
+    # 3. final state at each row's last real step (the initial state for length-0 rows)
     h, c = _empty((B, H), dt), _empty((B, H), dt)
-    _launch1d("lstm_last", dt, B * H, Y, C, h, c, starts_d, lengths_d, int(bool(reverse)))
+    _launch1d("lstm_last", dt, B * H, Y, C, h, c, *state0, starts_d, lengths_d, int(bool(reverse)))
     cache = CudaLSTMCache(Xm, W, U, starts_d, lengths_d, reverse, in_mask,
-                          rm if rec_mask is not None else None, acts, C, Y, Hp, starts_h, lengths_h)
+                          rm if rec_mask is not None else None, acts, C, Y, Hp, starts_h, lengths_h,
+                          (cell_code, gate_code), state0[2] if c0 is not None else None)
     return Y, h, c, cache
 
 
-def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
+def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
-    Accumulates into dW (I, G), dU (H, G), db (G,) (device arrays); returns dX (B, T, I).
+    Accumulates into dW (I, G), dU (H, G), db (G,), and into dh0, dc0 (B, H) when given
+    (gradient w.r.t. the initial state) (device arrays); returns dX (B, T, I).
     """
     X, W, U = cache.X, cache.W, cache.U
     dt = X.dtype
     B, T, I = X.shape
     H = U.shape[0]
     G = 4 * H
-    for name, arr, shape in (("dW", dW, (I, G)), ("dU", dU, (H, G)), ("db", db, (G,))):
+    state_grads = [(n, a, (B, H)) for n, a in (("dh0", dh0), ("dc0", dc0)) if a is not None]
+    for name, arr, shape in [("dW", dW, (I, G)), ("dU", dU, (H, G)), ("db", db, (G,))] + state_grads:
         if not _is_device(arr):
             raise TypeError(f"lstm_backward: {name} must be a device array (it is accumulated in place)")
         if tuple(arr.shape) != shape:
@@ -340,16 +352,23 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
     rm = cache.rec_mask if cache.rec_mask is not None else _dummy(dt, 2)
     max_len = int(cache.lengths_h.max()) if B else 0
     flags = (int(dY is not None), int(dh_last is not None), int(dc_last is not None))
+    opts = (cache.c0 if cache.c0 is not None else _dummy(dt, 2), int(cache.c0 is not None),
+            cache.codes[1], cache.codes[0])
     if _recurrence() == "sequence":
         if max_len:
             _kernel("lstm_bseq", dt)[_seq_grid(B), _seq_block(H)](
                 dZ, cache.acts, cache.C, U, rm, int(cache.rec_mask is not None), dYd, flags[0], dhd, flags[1],
-                dc_carry, dcd, flags[2], cache.starts, cache.lengths, int(cache.reverse))
+                dc_carry, dcd, flags[2], *opts, cache.starts, cache.lengths, int(cache.reverse))
     else:
         for s in range(max_len - 1, -1, -1):
             _launch1d("lstm_bstep", dt, B * H, dZ, cache.acts, cache.C, U, rm, int(cache.rec_mask is not None),
-                      dYd, flags[0], dhd, flags[1], dc_carry, dcd, flags[2], cache.starts, cache.lengths, s,
+                      dYd, flags[0], dhd, flags[1], dc_carry, dcd, flags[2], *opts, cache.starts, cache.lengths, s,
                       int(cache.reverse))
+    if state_grads:
+        _launch1d("lstm_dstate0", dt, B * H, dZ, U, rm, int(cache.rec_mask is not None), dc_carry, dhd, flags[1],
+                  dcd, flags[2], dh0 if dh0 is not None else _dummy(dt, 2), int(dh0 is not None),
+                  dc0 if dc0 is not None else _dummy(dt, 2), int(dc0 is not None), cache.starts, cache.lengths,
+                  int(cache.reverse))
     # 2. the weight gradients as a few large GEMMs over all B*T rows (dZ is 0 at padding)
     dZ2 = dZ.reshape(B * T, G)
     _gemm(X.reshape(B * T, I), dZ2, dW, trans_a=True, accumulate=True)

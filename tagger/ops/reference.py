@@ -26,6 +26,27 @@ Padded steps never touch the state; padded outputs are exactly 0; the final
 (h, c) is the state after the last step taken (for the reverse direction: after
 the first token). A length-0 sequence has all-zero outputs and final state.
 
+LSTM options (Keras LSTM arguments, the same on every backend)
+--------------------------------------------------------------
+    activation            "tanh" (default): the candidate g and the output act(c)
+    recurrent_activation  "sigmoid" (default): the gates i, f, o
+        each one of LSTM_ACTIVATIONS:
+            tanh          tanh(x)
+            sigmoid       1 / (1 + exp(-x))
+            hard_sigmoid  clip(x / 6 + 0.5, 0, 1)    (Keras 3; Keras 2 used 0.2 x + 0.5)
+            relu          max(x, 0)
+            linear        x
+        Backward takes each derivative from the stored activation a = act(x):
+            tanh 1 - a^2, sigmoid a (1 - a), hard_sigmoid 1/6 where 0 < a < 1 else 0,
+            relu 1 where a > 0 else 0, linear 1.
+        At the kinks (hard_sigmoid at x = +-3, relu at x = 0) this is the one-sided
+        derivative of the flat side: 0.
+    h0, c0 (B, H) or None  the initial state (Keras initial_state=[h, c]); None = zeros.
+        Each sequence starts its first real step from its own row (rec_mask applies to h0
+        as to every h_prev, as Keras's recurrent dropout does to h_tm1). A length-0 row
+        takes no step, so its final (h, c) is (h0, c0), as in Keras, where a masked step
+        carries the state over unchanged; its outputs stay 0.
+
 Backward passes *accumulate* into the gradient buffers they are handed
 (dW, dU, db, dtable, ...) and return the input gradient.
 """
@@ -35,7 +56,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tagger.errors import TaggerError
+
 GATES = 4
+
+LSTM_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
+# integer codes the kernels dispatch on (cpu.py, _cuda_kernels.py); 0-3 match
+# _cuda_kernels.ACT_CODES, 4 is softmax there (never an LSTM activation)
+LSTM_ACT_CODES = {"linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "hard_sigmoid": 5}
 
 
 # ----------------------------------------------------------------------------------------
@@ -62,6 +90,40 @@ def step_times(starts, lengths, s, reverse):
     return active, times
 
 
+def lstm_act_codes(activation, recurrent_activation):
+    """(cell code, gate code) of LSTM_ACT_CODES for the two LSTM activation names."""
+    for arg, name in (("activation", activation), ("recurrent_activation", recurrent_activation)):
+        if name not in LSTM_ACT_CODES:
+            raise TaggerError(f"LSTM {arg}={name!r} is not supported; choose one of {', '.join(LSTM_ACTIVATIONS)}")
+    return LSTM_ACT_CODES[activation], LSTM_ACT_CODES[recurrent_activation]
+
+
+def lstm_act(x, name):
+    """The LSTM activation `name` (LSTM_ACTIVATIONS) of x."""
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "sigmoid":
+        return sigmoid(x)
+    if name == "hard_sigmoid":
+        return np.clip(x / 6 + 0.5, 0, 1).astype(x.dtype, copy=False)
+    if name == "relu":
+        return np.maximum(x, 0)
+    return x  # linear
+
+
+def lstm_dact(a, name):
+    """Derivative of lstm_act(x, name), from its output a (kinks: 0, see the legend)."""
+    if name == "tanh":
+        return 1 - a * a
+    if name == "sigmoid":
+        return a * (1 - a)
+    if name == "hard_sigmoid":
+        return ((a > 0) & (a < 1)) * a.dtype.type(1 / 6)
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    return np.ones_like(a)  # linear
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM
 
@@ -81,15 +143,26 @@ class LSTMCache:
     acts: np.ndarray  # (B, T, G) gate activations i, f, g, o after their nonlinearity
     C: np.ndarray  # (B, T, H) cell state after each step
     Y: np.ndarray  # (B, T, H) hidden state after each step (0 at padding)
+    activation: str = "tanh"  # of g and of the output act(c)
+    recurrent_activation: str = "sigmoid"  # of i, f, o
+    h0: np.ndarray | None = None  # (B, H) initial state, or None (zeros)
+    c0: np.ndarray | None = None  # (B, H)
 
 
-def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
+def _initial_state(s0, B, H, dtype):
+    return np.zeros((B, H), dtype=dtype) if s0 is None else np.array(s0, dtype=dtype)
+
+
+def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
     """One LSTM direction over a padded batch.
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
-    in_mask (B, I) or None, rec_mask (B, H) or None.
+    in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
+    activation, recurrent_activation in LSTM_ACTIVATIONS (see the legend).
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
+    lstm_act_codes(activation, recurrent_activation)
     B, T, _ = X.shape
     H = U.shape[0]
     starts = np.asarray(starts, dtype=np.int64)
@@ -99,68 +172,78 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     acts = np.zeros((B, T, GATES * H), dtype=X.dtype)
     C = np.zeros((B, T, H), dtype=X.dtype)
     Y = np.zeros((B, T, H), dtype=X.dtype)
-    h = np.zeros((B, H), dtype=X.dtype)
-    c = np.zeros((B, H), dtype=X.dtype)
+    h = _initial_state(h0, B, H, X.dtype)
+    c = _initial_state(c0, B, H, X.dtype)
     max_len = int(lengths.max()) if B else 0
     for s in range(max_len):
         rows, times = step_times(starts, lengths, s, reverse)
         h_in = h[rows] if rec_mask is None else h[rows] * rec_mask[rows]
         z = X[rows, times] @ W + h_in @ U + b  # (n, G)
-        i = sigmoid(z[:, 0 * H : 1 * H])
-        f = sigmoid(z[:, 1 * H : 2 * H])
-        g = np.tanh(z[:, 2 * H : 3 * H])
-        o = sigmoid(z[:, 3 * H : 4 * H])
+        i = lstm_act(z[:, 0 * H : 1 * H], recurrent_activation)
+        f = lstm_act(z[:, 1 * H : 2 * H], recurrent_activation)
+        g = lstm_act(z[:, 2 * H : 3 * H], activation)
+        o = lstm_act(z[:, 3 * H : 4 * H], recurrent_activation)
         c[rows] = f * c[rows] + i * g
-        h[rows] = o * np.tanh(c[rows])
+        h[rows] = o * lstm_act(c[rows], activation)
         acts[rows, times] = np.concatenate([i, f, g, o], axis=1)
         C[rows, times] = c[rows]
         Y[rows, times] = h[rows]
-    cache = LSTMCache(X, W, U, starts, lengths, bool(reverse), in_mask, rec_mask, acts, C, Y)
+    cache = LSTMCache(X, W, U, starts, lengths, bool(reverse), in_mask, rec_mask, acts, C, Y,
+                      activation, recurrent_activation, h0, c0)
     return Y, h, c, cache
 
 
-def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
+def _state_before(cache, rows, times, s, h_init, c_init):
+    """(h_prev * rec_mask, c_prev) entering step s of `rows`: the previous step's outputs
+    (consecutive steps of one sequence read adjacent time indices), or the initial state."""
+    if s > 0:
+        prev_times = times + 1 if cache.reverse else times - 1
+        h_prev, c_prev = cache.Y[rows, prev_times], cache.C[rows, prev_times]
+    else:
+        h_prev, c_prev = h_init[rows], c_init[rows]
+    if cache.rec_mask is not None:
+        h_prev = h_prev * cache.rec_mask[rows]
+    return h_prev, c_prev
+
+
+def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
-    Accumulates into dW (I, G), dU (H, G), db (G,); returns dX (B, T, I).
-    Gradients arriving at padded positions of dY are ignored (those outputs are constants).
+    Accumulates into dW (I, G), dU (H, G), db (G,), and into dh0, dc0 (B, H) when given
+    (the gradient w.r.t. the initial state: h0/c0, or the zeros used without them);
+    returns dX (B, T, I). Gradients arriving at padded positions of dY are ignored (those
+    outputs are constants).
     """
     X, W, U = cache.X, cache.W, cache.U
     starts, lengths, reverse = cache.starts, cache.lengths, cache.reverse
+    act, rec_act = cache.activation, cache.recurrent_activation
     B, T, _ = X.shape
     H = U.shape[0]
     dX = np.zeros_like(X)
+    h_init = _initial_state(cache.h0, B, H, X.dtype)
+    c_init = _initial_state(cache.c0, B, H, X.dtype)
     dh_next = np.zeros((B, H), dtype=X.dtype) if dh_last is None else dh_last.astype(X.dtype, copy=True)
     dc_next = np.zeros((B, H), dtype=X.dtype) if dc_last is None else dc_last.astype(X.dtype, copy=True)
     max_len = int(lengths.max()) if B else 0
     for s in range(max_len - 1, -1, -1):
         rows, times = step_times(starts, lengths, s, reverse)
-        # 1. state before this step (zeros at the first step)
-        if s > 0:
-            # consecutive steps of one sequence read adjacent time indices
-            prev_times = times + 1 if reverse else times - 1
-            h_prev = cache.Y[rows, prev_times]
-            c_prev = cache.C[rows, prev_times]
-        else:
-            h_prev = np.zeros((len(rows), H), dtype=X.dtype)
-            c_prev = np.zeros((len(rows), H), dtype=X.dtype)
-        if cache.rec_mask is not None:
-            h_prev = h_prev * cache.rec_mask[rows]
+        # 1. state before this step
+        h_prev, c_prev = _state_before(cache, rows, times, s, h_init, c_init)
         a = cache.acts[rows, times]
         i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-        c = cache.C[rows, times]
-        tc = np.tanh(c)
-        # 2. h = o * tanh(c)
+        tc = lstm_act(cache.C[rows, times], act)
+        # 2. h = o * act(c)
         dh = dh_next[rows] + (0 if dY is None else dY[rows, times])
         do = dh * tc
-        dc = dc_next[rows] + dh * o * (1.0 - tc * tc)
+        dc = dc_next[rows] + dh * o * lstm_dact(tc, act)
         # 3. c = f * c_prev + i * g
         di = dc * g
         dg = dc * i
         df = dc * c_prev
         dc_prev = dc * f
         # 4. gate nonlinearities
-        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1)
+        dz = np.concatenate([di * lstm_dact(i, rec_act), df * lstm_dact(f, rec_act), dg * lstm_dact(g, act),
+                             do * lstm_dact(o, rec_act)], axis=1)
         # 5. z = x W + h_prev U + b
         x = X[rows, times]
         dW += x.T @ dz
@@ -172,6 +255,12 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
             dh_prev = dh_prev * cache.rec_mask[rows]
         dh_next[rows] = dh_prev
         dc_next[rows] = dc_prev
+    # 6. what is left is the gradient w.r.t. the state before each row's first step (for a
+    #    length-0 row: dh_last, dc_last, its final state being the initial one)
+    if dh0 is not None:
+        dh0 += dh_next
+    if dc0 is not None:
+        dc0 += dc_next
     if cache.in_mask is not None:
         dX *= cache.in_mask[:, None, :]
     return dX
