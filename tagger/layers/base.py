@@ -234,15 +234,18 @@ class Layer:
         return call_seed(self.seed, self._calls)
 
     # -- running ------------------------------------------------------------------------
-    def forward(self, x, spans=None, train=True, mask=None):
-        """(y, backprop). `spans` (a Spans) or a Keras `mask` describe the padding."""
-        return self.call(x, as_spans(spans if mask is None else mask, tuple(x.shape)), train)
+    def forward(self, x, spans=None, train=True, mask=None, **kwargs):
+        """(y, backprop). `spans` (a Spans) or a Keras `mask` describe the padding; kwargs
+        are the layer's own call arguments (initial_state for the recurrent layers)."""
+        return self.call(x, as_spans(spans if mask is None else mask, tuple(x.shape)), train, **kwargs)
 
     def call(self, x, spans, train):
         raise NotImplementedError
 
-    def __call__(self, x, mask=None):
-        y, _ = self.forward(self.ops.asarray(x), mask=mask, train=False)
+    def __call__(self, x, mask=None, **kwargs):
+        if kwargs.get("initial_state") is not None:
+            kwargs["initial_state"] = [self.ops.asarray(s, dtype=self.dtype) for s in kwargs["initial_state"]]
+        y, _ = self.forward(self.ops.asarray(x), mask=mask, train=False, **kwargs)
         if isinstance(y, (list, tuple)):
             return [np.asarray(self.ops.to_numpy(v)) for v in y]
         return np.asarray(self.ops.to_numpy(y))

@@ -132,8 +132,9 @@ class LSTM(Layer):
 
     # The one LSTM path: call() and Bidirectional both run `op_args` -> ops -> `outputs`,
     # so the checks, the dropout masks and the routing of the gradients exist once.
-    def op_args(self, x, spans, train):
-        """The arguments of ops.lstm_forward for this call: checked input, spans, dropout masks."""
+    def op_args(self, x, spans, train, initial_state=None):
+        """The arguments of ops.lstm_forward for this call: checked input, spans, dropout
+        masks, activations and the initial state [h0, c0] (or None: zeros)."""
         self.check_input(x, (3,), "input of shape (batch, timesteps, features)")
         self.ensure_built(tuple(x.shape))
         B, T, I = x.shape
@@ -146,32 +147,57 @@ class LSTM(Layer):
             in_mask = ops.dropout_mask((B, I), self.dropout, self.next_seed(), self.dtype)
         if train and self.recurrent_dropout > 0:
             rec_mask = ops.dropout_mask((B, self.units), self.recurrent_dropout, self.next_seed(), self.dtype)
+        h0, c0 = self._initial_state(initial_state, B)
         weights, _ = self._weights_for_ops()
-        return (x, *weights, starts, lengths, self.go_backwards, in_mask, rec_mask)
+        return (x, *weights, starts, lengths, self.go_backwards, in_mask, rec_mask,
+                self.activation, self.recurrent_activation, h0, c0)
 
-    def outputs(self, result):
-        """(layer output, backward_args) from ops.lstm_forward's (Y, h, c, cache).
+    def _initial_state(self, initial_state, batch):
+        if initial_state is None:
+            return None, None
+        if len(initial_state) != 2:
+            raise TaggerError(f"layer {self.name!r}: initial_state is [h, c], got {len(initial_state)} arrays")
+        for what, state in zip("hc", initial_state):
+            if tuple(state.shape) != (batch, self.units):
+                raise TaggerError(
+                    f"layer {self.name!r}: initial state {what} must have shape {(batch, self.units)}, got {tuple(state.shape)}"
+                )
+        return initial_state[0], initial_state[1]
+
+    def outputs(self, result, initial_state=None):
+        """(layer output, backward_args, state_grads) from ops.lstm_forward's (Y, h, c, cache).
 
         backward_args(dy) are the arguments of ops.lstm_backward for the gradient dy of the
         output (a list [dout, dh, dc] with return_state): with return_sequences dout is dY;
-        without, dout is the gradient of the final h and adds to dh."""
+        without, dout is the gradient of the final h and adds to dh. With an initial state,
+        state_grads [dh0, dc0] are the buffers the backward accumulates its gradient into."""
         ops = self.ops
         Y, h, c, cache = result
         out = Y if self.return_sequences else h
+        state_grads = None
+        if initial_state is not None:
+            state_grads = [ops.zeros(tuple(h.shape), dtype=self.dtype) for _ in range(2)]
 
         def backward_args(dy):
             dout, dh, dc = dy if self.return_state else (dy, None, None)
             dY = dout if self.return_sequences else None
             if not self.return_sequences and dout is not None:
                 dh = dout if dh is None else ops.merge_forward(dh, dout, "sum")
-            return (cache, dY, dh, dc, *self._weights_for_ops()[1])
+            return (cache, dY, dh, dc, *self._weights_for_ops()[1], *(state_grads or ()))
 
-        return ([out, h, c] if self.return_state else out), backward_args
+        return ([out, h, c] if self.return_state else out), backward_args, state_grads
 
-    def call(self, x, spans, train):
+    def call(self, x, spans, train, initial_state=None):
+        """initial_state=[h0, c0] (Keras): backprop then returns [dx, dh0, dc0]."""
         ops = self.ops
-        out, backward_args = self.outputs(ops.lstm_forward(*self.op_args(x, spans, train)))
-        return out, lambda dy: ops.lstm_backward(*backward_args(dy))
+        result = ops.lstm_forward(*self.op_args(x, spans, train, initial_state))
+        out, backward_args, state_grads = self.outputs(result, initial_state)
+
+        def backprop(dy):
+            dx = ops.lstm_backward(*backward_args(dy))
+            return dx if state_grads is None else [dx, *state_grads]
+
+        return out, backprop
 
 
 def _joined(attr):
@@ -281,15 +307,20 @@ class Bidirectional(Layer):
     def output_spans(self, spans):
         return spans if self.return_sequences else None
 
-    def call(self, x, spans, train):
+    def call(self, x, spans, train, initial_state=None):
+        """initial_state=[h_fw, c_fw, h_bw, c_bw] (Keras: the first half for the forward
+        layer); backprop then returns [dx, dh_fw, dc_fw, dh_bw, dc_bw]."""
         self.ensure_built(tuple(x.shape))
         ops = self.ops
         fw, bw = self.forward_layer, self.backward_layer
+        if initial_state is not None and len(initial_state) != 4:
+            raise TaggerError(f"layer {self.name!r}: initial_state is [h_fw, c_fw, h_bw, c_bw], got {len(initial_state)} arrays")
+        state_f, state_b = (None, None) if initial_state is None else (initial_state[:2], initial_state[2:])
         # the two directions are independent until the merge: the backend may run the pair
         # concurrently (ops.CONCURRENT_PAIR); either way both go through LSTM's one path
-        result_f, result_b = ops.lstm_forward_pair(fw.op_args(x, spans, train), bw.op_args(x, spans, train))
-        yf, args_f = fw.outputs(result_f)
-        yb, args_b = bw.outputs(result_b)
+        result_f, result_b = ops.lstm_forward_pair(fw.op_args(x, spans, train, state_f), bw.op_args(x, spans, train, state_b))
+        yf, args_f, grads_f = fw.outputs(result_f, state_f)
+        yb, args_b, grads_b = bw.outputs(result_b, state_b)
         of = yf[0] if self.return_state else yf
         ob = yb[0] if self.return_state else yb
         out = ops.merge_forward(of, ob, self.merge_mode)
@@ -300,7 +331,8 @@ class Bidirectional(Layer):
             if self.return_state:
                 dof, dob = [dof, states[0], states[1]], [dob, states[2], states[3]]
             dxf, dxb = ops.lstm_backward_pair(args_f(dof), args_b(dob))
-            return ops.merge_forward(dxf, dxb, "sum")
+            dx = ops.merge_forward(dxf, dxb, "sum")
+            return dx if initial_state is None else [dx, *grads_f, *grads_b]
 
         if self.return_state:
             return [out, yf[1], yf[2], yb[1], yb[2]], backprop
@@ -340,7 +372,8 @@ class Bidirectional(Layer):
                 lstm._projection = ops.lstm_input_table(embedding.params[0], lstm.params[0])
                 lstm._projection_key = key
             (_, recurrent, bias), _ = lstm._weights_for_ops()
-            args.append((lstm._projection, ids, recurrent, bias, starts, lengths, lstm.go_backwards))
+            args.append((lstm._projection, ids, recurrent, bias, starts, lengths, lstm.go_backwards,
+                         lstm.activation, lstm.recurrent_activation))
         (Yf, hf, _, _), (Yb, hb, _, _) = ops.lstm_forward_ids_pair(args[0], args[1])
         if self.return_sequences:
             return ops.merge_forward(Yf, Yb, self.merge_mode)

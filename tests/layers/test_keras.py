@@ -187,3 +187,55 @@ def test_same_config_and_weights_give_the_same_outputs():
 def test_crf_config():
     layer = CRF(4, initializer="uniform", name="crf")
     assert deserialize(serialize(layer)).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("activation,recurrent_activation", [("tanh", "sigmoid"), ("relu", "hard_sigmoid"),
+                                                             ("linear", "tanh"), ("sigmoid", "linear")])
+def test_lstm_activations_match_keras_equations(backend, activation, recurrent_activation):
+    X, lengths = _inputs(seed=6)
+    layer = LSTM(3, activation=activation, recurrent_activation=recurrent_activation, return_sequences=True,
+                 return_state=True, seed=3, ops=backend, dtype=np.float64)
+    Y, h, c = layer(X, mask=lengths)
+    Yk, hk, ck = keras_lstm(X, *layer.get_weights(), lengths, activation, recurrent_activation)
+    for got, want in ((Y, Yk), (h, hk), (c, ck)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert LSTM(2, activation=None).activation == "linear"  # Keras: None means linear
+
+
+def test_lstm_initial_state_matches_keras_and_its_gradient(backend):
+    from tests.gradcheck import assert_grad_close, numeric_grad
+
+    X, lengths = _inputs(seed=8)
+    rng = np.random.default_rng(9)
+    h0, c0 = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    layer = LSTM(3, return_sequences=True, seed=4, ops=backend, dtype=np.float64)
+    Y = layer(X, mask=lengths, initial_state=[h0, c0])
+    np.testing.assert_allclose(Y, keras_lstm(X, *layer.get_weights(), lengths, h0=h0, c0=c0)[0], rtol=1e-10, atol=1e-12)
+    R = rng.normal(size=Y.shape)
+
+    def loss():
+        return float((layer(X, mask=lengths, initial_state=[h0, c0]) * R).sum())
+
+    ops = layer.ops
+    _, backprop = layer.forward(ops.asarray(X), mask=lengths, initial_state=[ops.asarray(h0), ops.asarray(c0)])
+    dx, dh0, dc0 = backprop(ops.asarray(R))
+    assert_grad_close(ops.to_numpy(dh0), numeric_grad(loss, h0), "dh0")
+    assert_grad_close(ops.to_numpy(dc0), numeric_grad(loss, c0), "dc0")
+    assert_grad_close(ops.to_numpy(dx), numeric_grad(loss, X), "dx")
+    with pytest.raises(TaggerError, match=r"initial state h must have shape \(3, 3\)"):
+        layer(X, initial_state=[h0[:2], c0])
+
+
+def test_bidirectional_initial_state_is_split_in_halves(backend):
+    X, lengths = _inputs(seed=10)
+    rng = np.random.default_rng(11)
+    states = [rng.normal(size=(3, 2)) for _ in range(4)]
+    bi = Bidirectional(LSTM(2, return_sequences=True, return_state=True, ops=backend, dtype=np.float64), seed=5)
+    out, hf, cf, hb, cb = bi(X, mask=lengths, initial_state=states)
+    fw = bi.forward_layer(X, mask=lengths, initial_state=states[:2])
+    bw = bi.backward_layer(X, mask=lengths, initial_state=states[2:])
+    np.testing.assert_allclose(out, np.concatenate([fw[0], bw[0]], axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(hb, bw[1], rtol=1e-12)
+    np.testing.assert_allclose(cf, fw[2], rtol=1e-12)
+    with pytest.raises(TaggerError, match="initial_state is"):
+        bi(X, initial_state=states[:2])
