@@ -56,7 +56,7 @@ from numba.extending import intrinsic, overload
 from tagger.errors import TaggerError
 from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
-from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES, run_pair
+from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES, run_pair  # noqa: F401 (ACTIVATIONS: as on every backend)
 
 PROJECTED_INFERENCE = True
 CONCURRENT_PAIR = True

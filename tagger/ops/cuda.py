@@ -33,8 +33,6 @@ tiny inputs still span several blocks and grid-stride loops go round more than o
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tagger.errors import TaggerError

@@ -57,7 +57,9 @@ def test_no_backend_imports_another_backends_private_names(backend):
 
 def test_every_checked_op_has_a_bad_input_case():
     covered = {label.split()[0] for label in REF_CASES}
-    assert covered == set(OP_NAMES) - set(UNCHECKED_OPS), set(OP_NAMES) - set(UNCHECKED_OPS) - covered
+    # the CRF ops (tagger/ops/_crf_*.py) keep their bad-input cases in tests/ops/*crf* files
+    wanted = {name for name in OP_NAMES if "crf" not in name} - set(UNCHECKED_OPS)
+    assert covered == wanted, wanted ^ covered
 
 
 @pytest.mark.parametrize("label", list(REF_CASES))
