@@ -11,7 +11,9 @@ CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) can run them.
 Arrays are numba device arrays. Every op also accepts host NumPy arrays and copies them
 in; small integer arrays (starts, lengths, ids, labels, rows, masks) may be host or
 device. The only device-to-host copies of a training step are the scalars that must come
-back (softmax_xent's loss, sum_of_squares) plus the lengths/ids the host already has.
+back (softmax_xent's loss, sum_of_squares) plus the lengths/ids the host already has;
+integer arrays handed in as device arrays (ids, labels, masks, rows, argmax) are copied
+back for the bounds checks, so pass them from the host.
 
 Every op checks its arguments first (tagger/ops/_checks.py, the same checks and messages
 as the other backends): no span, id, label, row or argmax that could index out of bounds
