@@ -35,12 +35,15 @@ Cephes-style exp(-|x|) (relative accuracy into the tail). float64 kernels use li
 serve the gradient checks, accuracy first. fastmath: only the "contract" flag (FMA), on the
 two LSTM kernels; see _JIT_FMA.
 
-Beyond OP_NAMES (optional helpers; layers may ignore them):
-    lstm_forward_pair / lstm_backward_pair   the two directions of a Bidirectional layer,
-                                             concurrently in two threads when threads >= 2
-    lstm_input_table, lstm_forward_ids(_pair) inference from token ids, the input projection
-                                             looked up in embedding @ W instead of computed
-    compile_notice(), warmup()               Numba cache state, and compiling every kernel
+Every op checks its arguments first (tagger/ops/_checks.py): no span, id, label, row or
+argmax that could index out of bounds reaches a kernel (the kernels do not bounds-check).
+
+Capabilities (tagger.ops.CAPABILITIES):
+    CONCURRENT_PAIR      True: lstm_forward_pair / lstm_backward_pair / lstm_forward_ids_pair
+                         run the two directions in two threads when threads >= 2
+    PROJECTED_INFERENCE  True: lstm_forward_ids looks the input projection up in
+                         lstm_input_table(embedding, W) instead of computing it
+Beyond OP_NAMES: compile_notice(), warmup()   Numba cache state, and compiling every kernel
 """
 from __future__ import annotations
 
@@ -55,9 +58,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from tagger.errors import TaggerError
+from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
+from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES, run_pair  # noqa: F401 (ACTIVATIONS: as on every backend)
 
-GATES = 4
+PROJECTED_INFERENCE = True
+CONCURRENT_PAIR = True
 
 # Every kernel: cached (a second process compiles nothing), GIL released (directions may run
 # in threads), and error_model="numpy": a float division by zero gives inf/nan instead of
@@ -656,6 +663,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
+    starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X = np.ascontiguousarray(X)
     dt = X.dtype
     B, T, I = X.shape
@@ -692,6 +700,9 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     (gradient w.r.t. the initial state); returns dX (B, T, I).
     Gradients arriving at padded positions of dY are ignored.
     """
+    chk.check_cache("lstm_backward", cache, LSTMCache)
+    chk.check_lstm_backward(cache.shape + cache.Cp.shape[1:], cache.Xp.dtype, dY, dh_last, dc_last, dW, dU, db,
+                            dh0=dh0, dc0=dc0)
     c = cache
     B, T, I = c.shape
     dt = c.Xp.dtype
@@ -783,6 +794,7 @@ def lstm_input_table(table, W):
     FLOPs. Costs V * G floats (20k x 512 float32: 41 MB per direction) and one V-row GEMM,
     so it pays off once more than ~V tokens are predicted with the same weights.
     """
+    chk.check_lstm_input_table(table, W)
     table = np.ascontiguousarray(table)
     return np.matmul(table, np.ascontiguousarray(W, dtype=table.dtype))
 
@@ -797,9 +809,9 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
     P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int, h0/c0 (B, H) or None.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), None.
     """
+    ids, starts, lengths = chk.check_lstm_forward_ids(P, ids, U, b, starts, lengths)
     P = np.ascontiguousarray(P)
     dt = P.dtype
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
     B, T = ids.shape
     U = np.ascontiguousarray(U, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
@@ -839,18 +851,19 @@ def num_threads():
     return 1
 
 
+def _submit(threads):
+    """The executor's submit when the pair should run in two threads, else None."""
+    threads = num_threads() if threads is None else threads
+    return _pool().submit if threads >= 2 else None
+
+
 def lstm_forward_pair(args_fwd, args_bwd, threads=None):
     """Run two independent lstm_forward calls, concurrently when threads >= 2.
 
     args_fwd, args_bwd: tuples of lstm_forward's positional arguments.
     Returns (result_fwd, result_bwd), each what lstm_forward returns.
     """
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_forward(*args_fwd), lstm_forward(*args_bwd)
-    fut = _pool().submit(lstm_forward, *args_bwd)
-    first = lstm_forward(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd, submit=_submit(threads))
 
 
 def lstm_backward_pair(args_fwd, args_bwd, threads=None):
@@ -859,22 +872,13 @@ def lstm_backward_pair(args_fwd, args_bwd, threads=None):
     Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db[, dh0, dc0]); the two must
     accumulate into different gradient buffers. Returns (dX_fwd, dX_bwd).
     """
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_backward(*args_fwd), lstm_backward(*args_bwd)
-    fut = _pool().submit(lstm_backward, *args_bwd)
-    first = lstm_backward(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True,
+                    submit=_submit(threads))
 
 
 def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
     """Two independent lstm_forward_ids calls, concurrently when threads >= 2."""
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)
-    fut = _pool().submit(lstm_forward_ids, *args_bwd)
-    first = lstm_forward_ids(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd, submit=_submit(threads))
 
 
 # ----------------------------------------------------------------------------------------
@@ -883,6 +887,7 @@ def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
 
 def embedding_forward(table, ids):
     """table (V, E), ids (B, T) int -> (B, T, E). Every id is looked up (padding id 0 too)."""
+    ids = chk.check_embedding_forward(table, ids)
     return np.take(table, ids, axis=0)
 
 
@@ -915,9 +920,10 @@ def embedding_backward(dtable, dE, ids, mask=None):
 
     Returns the sorted unique rows touched (int64), so sparse optimisers update only those.
     """
+    ids, mask = chk.check_embedding_backward(dtable, dE, ids, mask)
     E = dtable.shape[1]
-    ids1 = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    dE2 = np.ascontiguousarray(dE, dtype=dtable.dtype).reshape(-1, E)
+    ids1 = ids.reshape(-1)
+    dE2 = np.ascontiguousarray(dE).reshape(-1, E)
     has_mask = mask is not None
     mask1 = np.ascontiguousarray(mask, dtype=np.bool_).reshape(-1) if has_mask else np.ones(1, dtype=np.bool_)
     return _embedding_scatter(dtable, dE2, ids1, mask1, has_mask)
@@ -928,9 +934,11 @@ def embedding_backward(dtable, dE, ids, mask=None):
 
 
 def dense_forward(X, W, b):
-    """X (..., I) @ W (I, K) + b (K,) -> (..., K); 2-D and 3-D input alike."""
+    """X (..., I) @ W (I, K) + b (K,) -> (..., K); 2-D and 3-D input alike. b None: no bias."""
+    chk.check_dense_forward(X, W, b)
     Y = np.matmul(X, W)
-    Y += b
+    if b is not None:
+        Y += b
     return Y
 
 
@@ -944,10 +952,8 @@ def _sigmoid_flat(x, out):
         out[n] = _sigmoid(x[n])
 
 
-ACTIVATIONS = _ref.ACTIVATIONS
-
-
 def activation_forward(X, name):
+    chk.check_activation_forward(X, name)
     if name == "sigmoid":
         X = np.ascontiguousarray(X)
         out = np.empty_like(X)
@@ -984,6 +990,7 @@ def _softmax_rows(Z, P):
 
 
 def softmax(logits):
+    chk.check_softmax(logits)
     K = logits.shape[-1]
     Z = np.ascontiguousarray(logits)
     P = np.empty_like(Z)
@@ -1028,6 +1035,7 @@ def softmax_xent(logits, labels, mask=None):
 
     Returns (loss, dlogits), dlogits exactly 0 at masked items.
     """
+    labels, mask = chk.check_softmax_xent(logits, labels, mask)
     K = logits.shape[-1]
     Z = np.ascontiguousarray(logits)
     y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
@@ -1042,9 +1050,6 @@ def softmax_xent(logits, labels, mask=None):
 # Global pooling over time (reference.pool_forward / pool_backward). Each kernel walks a
 # row's real steps only, in time order, over 1-D (F,) row views (the inner loops vectorise);
 # the padding is never read.
-
-POOL_MODES = _ref.POOL_MODES
-
 
 @njit(**_JIT)
 def _pool_max_rows(X, starts, lengths, Y, argmax):
@@ -1118,10 +1123,9 @@ def _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX):
 
 def pool_forward(X, starts, lengths, mode):
     """X (B, T, F) -> (Y (B, F), argmax (B, F) int64 or None); see reference.pool_forward."""
-    _ref._check_pool(mode)
+    starts, lengths = chk.check_pool_forward(X, starts, lengths, mode)
     X = np.ascontiguousarray(X)
     B, T, F = X.shape
-    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_forward")
     Y = np.empty((B, F), dtype=X.dtype)
     if mode == "max":
         argmax = np.empty((B, F), dtype=np.int64)
@@ -1133,19 +1137,11 @@ def pool_forward(X, starts, lengths, mode):
 
 def pool_backward(dY, argmax, starts, lengths, T, mode):
     """dY (B, F) -> dX (B, T, F), 0 at padding; see reference.pool_backward."""
-    _ref._check_pool(mode)
+    argmax, starts, lengths = chk.check_pool_backward(dY, argmax, starts, lengths, T, mode)
     dY = np.ascontiguousarray(dY)
     B, F = dY.shape
-    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_backward")
     is_max = mode == "max"
-    if is_max:
-        argmax = np.ascontiguousarray(argmax, dtype=np.int64)
-        if argmax.shape != (B, F):
-            raise ValueError(f"pool_backward: argmax has shape {argmax.shape}, expected {(B, F)}")
-        used = argmax[lengths > 0]  # the kernel writes dX at these steps: keep them inside
-        if used.size and (used.min() < 0 or used.max() >= T):
-            raise ValueError(f"pool_backward: argmax outside [0, {T})")
-    else:
+    if not is_max:
         argmax = np.zeros((1, 1), dtype=np.int64)  # not read
     dX = np.zeros((B, int(T), F), dtype=dY.dtype)
     _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX)
@@ -1178,12 +1174,12 @@ def _adam_flat(P, G, M, V, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weig
         P[n] = p - lr * ((m / bc1) / (math.sqrt(v / bc2) + eps) + weight_decay * p)
 
 
-def _flat(a):
-    """1-D view of a C-contiguous array (the optimiser state is always contiguous)."""
+def _flat(a, where):
+    """1-D view of a C-contiguous array (updated in place, so never a copy)."""
     if a.ndim == 1:
         return a
     if not a.flags.c_contiguous:
-        raise ValueError("optimiser arrays must be C-contiguous")
+        raise TaggerError(f"{where}: the parameter and optimiser arrays must be C-contiguous (they are updated in place)")
     return a.reshape(-1)
 
 
@@ -1192,13 +1188,15 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
     # Fold the scalars in float64, then round each once to the parameter dtype (rounding
     # beta2 to float32 *before* forming 1 - beta2 would be off by 1e-5); float32 arithmetic
     # in the kernel keeps it vectorised at full width.
+    chk.check_step("adam_update", step)
+    rows = chk.check_update("adam_update", rows, param=param, grad=grad, m=m, v=v)
     t = param.dtype.type
     sc = (t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), t(weight_decay),
           t(1 - beta1**step), t(1 - beta2**step))
     if rows is None:
-        _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
+        _adam_flat(*(_flat(a, "adam_update") for a in (param, grad, m, v)), *sc)
     else:
-        _adam_rows(param, grad, m, v, np.ascontiguousarray(rows, dtype=np.int64), *sc)
+        _adam_rows(param, grad, m, v, rows, *sc)
 
 
 @njit(**_JIT)
@@ -1219,12 +1217,13 @@ def _sgd_flat(P, G, Vel, lr, momentum, weight_decay):
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     """SGD with (heavy-ball) momentum and decoupled weight decay."""
+    rows = chk.check_update("sgd_update", rows, param=param, grad=grad, velocity=velocity)
     t = param.dtype.type
     sc = (t(lr), t(momentum), t(weight_decay))
     if rows is None:
-        _sgd_flat(_flat(param), _flat(grad), _flat(velocity), *sc)
+        _sgd_flat(*(_flat(a, "sgd_update") for a in (param, grad, velocity)), *sc)
     else:
-        _sgd_rows(param, grad, velocity, np.ascontiguousarray(rows, dtype=np.int64), *sc)
+        _sgd_rows(param, grad, velocity, rows, *sc)
 
 
 @njit(**_JIT)
@@ -1248,10 +1247,11 @@ def _sumsq_flat(G):
 
 
 def sum_of_squares(grad, rows=None):
+    rows = chk.check_update("sum_of_squares", rows, grad=grad)
     if rows is None:
         return float(_sumsq_flat(np.ascontiguousarray(grad).reshape(-1)))
     g = np.ascontiguousarray(grad)
-    return float(_sumsq_rows(g.reshape(g.shape[0], -1), np.ascontiguousarray(rows, dtype=np.int64)))
+    return float(_sumsq_rows(g.reshape(g.shape[0], -1), rows))
 
 
 # in-place scale and fill of host arrays: NumPy's own indexing is already the fast path

@@ -11,7 +11,18 @@ CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) can run them.
 Arrays are numba device arrays. Every op also accepts host NumPy arrays and copies them
 in; small integer arrays (starts, lengths, ids, labels, rows, masks) may be host or
 device. The only device-to-host copies of a training step are the scalars that must come
-back (softmax_xent's loss, sum_of_squares) plus the lengths/ids the host already has.
+back (softmax_xent's loss, sum_of_squares) plus the lengths/ids the host already has;
+integer arrays handed in as device arrays (ids, labels, masks, rows, argmax) are copied
+back for the bounds checks, so pass them from the host.
+
+Every op checks its arguments first (tagger/ops/_checks.py, the same checks and messages
+as the other backends): no span, id, label, row or argmax that could index out of bounds
+reaches a kernel. Integer index arrays are read on the host for that (they are small and
+the host has them anyway); float arrays only have their shapes and dtypes looked at.
+
+Capabilities (tagger.ops.CAPABILITIES): CONCURRENT_PAIR False (the pair ops are two
+calls in a row on one stream), PROJECTED_INFERENCE False (lstm_forward_ids exists for the
+interface, but the input GEMM is cheap on a GPU: the plain path is the fast one).
 
 Launch shapes are chosen here from module constants, which the tests patch down so that
 tiny inputs still span several blocks and grid-stride loops go round more than once:
@@ -24,12 +35,16 @@ tiny inputs still span several blocks and grid-stride loops go round more than o
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from tagger.errors import TaggerError
+from tagger.ops import _checks as chk
 from tagger.ops import _cuda_kernels as K
-from tagger.ops.reference import ACTIVATIONS, MERGE_MODES, _check_pool, _splitmix64, check_spans, lstm_act_codes
+from tagger.ops._common import dropout_key, run_pair
+from tagger.ops.reference import lstm_act_codes
+
+PROJECTED_INFERENCE = False
+CONCURRENT_PAIR = False
 
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 1024
@@ -277,18 +292,12 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
     cell_code, gate_code = lstm_act_codes(activation, recurrent_activation)
+    starts_h, lengths_h = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X, W, U, b = _dev(X), _dev(W), _dev(U), _dev(b)
     dt = X.dtype
     B, T, I = X.shape
     H = U.shape[0]
     G = 4 * H
-    if tuple(W.shape) != (I, G) or tuple(U.shape) != (H, G) or tuple(b.shape) != (G,):
-        raise ValueError(f"lstm_forward: W {W.shape}, U {U.shape}, b {b.shape} do not fit X {X.shape}, H={H}")
-    starts_h, lengths_h = _host_int(starts), _host_int(lengths)
-    if starts_h.shape != (B,) or lengths_h.shape != (B,):
-        raise ValueError("lstm_forward: starts and lengths must have shape (B,)")
-    if B and ((starts_h < 0).any() or (starts_h + lengths_h > T).any() or (lengths_h < 0).any()):
-        raise ValueError("lstm_forward: every sequence must lie inside [0, T)")
     starts_d, lengths_d = _cuda().to_device(starts_h), _cuda().to_device(lengths_h)
     # 0. input dropout on X, before the projection
     if in_mask is not None:
@@ -332,17 +341,15 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     Accumulates into dW (I, G), dU (H, G), db (G,), and into dh0, dc0 (B, H) when given
     (gradient w.r.t. the initial state) (device arrays); returns dX (B, T, I).
     """
+    chk.check_cache("lstm_backward", cache, CudaLSTMCache)
+    chk.check_lstm_backward(tuple(cache.X.shape) + (cache.U.shape[0],), cache.X.dtype, dY, dh_last, dc_last, dW, dU, db,
+                            dh0=dh0, dc0=dc0)
+    _check_on_device("lstm_backward", dW=dW, dU=dU, db=db, dh0=dh0, dc0=dc0)
     X, W, U = cache.X, cache.W, cache.U
     dt = X.dtype
     B, T, I = X.shape
     H = U.shape[0]
     G = 4 * H
-    state_grads = [(n, a, (B, H)) for n, a in (("dh0", dh0), ("dc0", dc0)) if a is not None]
-    for name, arr, shape in [("dW", dW, (I, G)), ("dU", dU, (H, G)), ("db", db, (G,))] + state_grads:
-        if not _is_device(arr):
-            raise TypeError(f"lstm_backward: {name} must be a device array (it is accumulated in place)")
-        if tuple(arr.shape) != shape:
-            raise ValueError(f"lstm_backward: {name} has shape {arr.shape}, expected {shape}")
     # 1. per step (last to first): dZ for every real step, dh carried through dZ @ U^T
     dZ = zeros((B, T, G), dt)
     dc_carry = zeros((B, H), dt)
@@ -383,13 +390,59 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
 
 
 # ----------------------------------------------------------------------------------------
+# LSTM: both directions (pair ops) and inference from token ids
+
+
+def lstm_forward_pair(args_fwd, args_bwd, threads=None):
+    """(lstm_forward(*args_fwd), lstm_forward(*args_bwd)), launched one after the other on
+    one stream (threads is ignored: CONCURRENT_PAIR is False)."""
+    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd)
+
+
+def lstm_backward_pair(args_fwd, args_bwd, threads=None):
+    """(lstm_backward(*args_fwd), lstm_backward(*args_bwd)); each args tuple is (cache, dY,
+    dh_last, dc_last, dW, dU, db), and the two accumulate into different buffers."""
+    return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True)
+
+
+def lstm_input_table(table, W):
+    """P (V, G) = table (V, E) @ W (E, G) on the device: every vocabulary row's projection."""
+    chk.check_lstm_input_table(table, W)
+    table, W = _dev(table), _dev(W)
+    out = _empty((table.shape[0], W.shape[1]), table.dtype)
+    _gemm(table, W, out)
+    return out
+
+
+def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="tanh",
+                     recurrent_activation="sigmoid", h0=None, c0=None):
+    """lstm_forward(embedding_forward(table, ids), W, U, b, ...) for P = lstm_input_table(
+    table, W): the projections are gathered from P. Inference only; the cache is None.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), None."""
+    ids_h, starts_h, lengths_h = chk.check_lstm_forward_ids(P, ids, U, b, starts, lengths)
+    XW = embedding_forward(P, ids_h)
+    # lstm_forward's recurrence, handed the looked-up projections through an identity kernel
+    # (x @ I == x exactly): one recurrence to maintain; PROJECTED_INFERENCE stays False
+    eye = _cuda().to_device(np.eye(P.shape[1], dtype=P.dtype))
+    Y, h, c, _ = lstm_forward(XW, eye, U, b, starts_h, lengths_h, reverse, None, None, activation,
+                              recurrent_activation, h0, c0)
+    return Y, h, c, None
+
+
+def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
+    """(lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)), one after the other."""
+    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd)
+
+
+# ----------------------------------------------------------------------------------------
 # Embedding
 
 
 def embedding_forward(table, ids):
     """table (V, E), ids (B, T) int -> (B, T, E)."""
+    ids_h = chk.check_embedding_forward(table, ids)
     table = _dev(table)
-    ids_d = _dev_int(ids)
+    ids_d = _cuda().to_device(ids_h)
     shape = tuple(ids_d.shape)
     E = table.shape[1]
     n = int(np.prod(shape)) if shape else 1
@@ -406,11 +459,13 @@ def embedding_backward(dtable, dE, ids, mask=None):
     the same order, as the reference's np.add.at. Returns the sorted unique rows (host
     int64 array).
     """
-    ids_h = _host_int(ids).reshape(-1)
+    ids_h, mask = chk.check_embedding_backward(dtable, dE, ids, mask)
+    _check_on_device("embedding_backward", dtable=dtable)
+    ids_h = ids_h.reshape(-1)
     if mask is None:
         sel = np.arange(ids_h.size, dtype=np.int64)
     else:
-        sel = np.nonzero(np.asarray(to_numpy(mask)).reshape(-1))[0].astype(np.int64)
+        sel = np.nonzero(mask.reshape(-1))[0].astype(np.int64)
     sel_ids = ids_h[sel]
     order = np.argsort(sel_ids, kind="stable")
     pos = sel[order]
@@ -433,8 +488,10 @@ def embedding_backward(dtable, dE, ids, mask=None):
 
 
 def dense_forward(X, W, b):
-    """X (..., I) @ W (I, K) + b (K,) -> (..., K)."""
-    X, W, b = _dev(X), _dev(W), _dev(b)
+    """X (..., I) @ W (I, K) + b (K,) -> (..., K); b None: no bias."""
+    chk.check_dense_forward(X, W, b)
+    X, W = _dev(X), _dev(W)
+    b = None if b is None else _dev(b)
     I, Kd = W.shape
     lead = tuple(X.shape)[:-1]
     n = int(np.prod(lead)) if lead else 1
@@ -444,25 +501,23 @@ def dense_forward(X, W, b):
 
 
 def dense_backward(dY, X, W, dW, db):
-    """Accumulates dW (I, K) and db (K,); returns dX shaped like X."""
+    """Accumulates dW (I, K) and db (K,) (db None: no bias); returns dX shaped like X."""
+    chk.check_dense_backward(dY, X, W, dW, db)
+    _check_on_device("dense_backward", dW=dW, db=db)
     dY, X, W = _dev(dY), _dev(X), _dev(W)
     I, Kd = W.shape
     n = X.size // I
     X2, dY2 = X.reshape(n, I), dY.reshape(n, Kd)
     _gemm(X2, dY2, dW, trans_a=True, accumulate=True)
-    _colsum_into(dY2, db)
+    if db is not None:
+        _colsum_into(dY2, db)
     dX = _empty((n, I), X.dtype)
     _gemm(dY2, W, dX, trans_b=True)
     return dX.reshape(X.shape)
 
 
-def _check_activation(name):
-    if name not in K.ACT_CODES:
-        raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
-
-
 def activation_forward(X, name):
-    _check_activation(name)
+    chk.check_activation_forward(X, name)
     X = _dev(X)
     code = K.ACT_CODES[name]
     if code == 0:
@@ -476,7 +531,7 @@ def activation_forward(X, name):
 
 def activation_backward(dY, Y, name):
     """Gradient through the activation, from its output Y."""
-    _check_activation(name)
+    chk.check_activation_backward(dY, Y, name)
     dY, Y = _dev(dY), _dev(Y)
     code = K.ACT_CODES[name]
     if code == 0:
@@ -496,6 +551,7 @@ def activation_backward(dY, Y, name):
 
 
 def softmax(logits):
+    chk.check_softmax(logits)
     logits = _dev(logits)
     Kd = tuple(logits.shape)[-1]
     n = logits.size // Kd
@@ -510,13 +566,12 @@ def softmax_xent(logits, labels, mask=None):
     Returns (loss: float, dlogits: device array). The loss is reduced on the device in a
     fixed order (deterministic) and is the one value copied back to the host.
     """
+    labels, mask = chk.check_softmax_xent(logits, labels, mask)
     logits = _dev(logits)
     dt = logits.dtype
     Kd = tuple(logits.shape)[-1]
     n = logits.size // Kd
     labels_d = _dev_int(labels).reshape(-1)
-    if labels_d.shape[0] != n:
-        raise ValueError(f"softmax_xent: {labels_d.shape[0]} labels for {n} rows of logits")
     has_mask = mask is not None
     mask_d = _dev_mask(mask) if has_mask else _cuda().to_device(np.zeros(1, dtype=np.uint8))
     d = _empty((n, Kd), dt)
@@ -535,14 +590,9 @@ def softmax_xent(logits, labels, mask=None):
 # Bidirectional merge
 
 
-def _check_merge(mode):
-    if mode not in MERGE_MODES:
-        raise ValueError(f"unknown merge_mode {mode!r}; choose one of {MERGE_MODES}")
-
-
 def merge_forward(Yf, Yb, mode):
     """(..., H) x 2 -> (..., 2H) for concat, else (..., H)."""
-    _check_merge(mode)
+    chk.check_merge_forward(Yf, Yb, mode)
     Yf, Yb = _dev(Yf), _dev(Yb)
     H = tuple(Yf.shape)[-1]
     n = Yf.size // H
@@ -554,7 +604,7 @@ def merge_forward(Yf, Yb, mode):
 
 def merge_backward(dY, Yf, Yb, mode):
     """Returns (dYf, dYb), fresh device arrays."""
-    _check_merge(mode)
+    chk.check_merge_backward(dY, Yf, Yb, mode)
     dY, Yf, Yb = _dev(dY), _dev(Yf), _dev(Yb)
     H = tuple(Yf.shape)[-1]
     n = Yf.size // H
@@ -571,10 +621,9 @@ def merge_backward(dY, Yf, Yb, mode):
 def pool_forward(X, starts, lengths, mode):
     """X (B, T, F) -> (Y (B, F), argmax (B, F) int64 device array, or None for mean);
     see reference.pool_forward. starts/lengths host or device."""
-    _check_pool(mode)
+    starts_h, lengths_h = chk.check_pool_forward(X, starts, lengths, mode)
     X = _dev(X)
     B, T, F = tuple(X.shape)
-    starts_h, lengths_h = check_spans(to_numpy(starts), to_numpy(lengths), B, T, "pool_forward")
     is_max = mode == "max"
     Y = _empty((B, F), X.dtype)
     argmax = _empty((B, F), np.int64) if is_max else None
@@ -585,16 +634,13 @@ def pool_forward(X, starts, lengths, mode):
 
 def pool_backward(dY, argmax, starts, lengths, T, mode):
     """dY (B, F) -> dX (B, T, F), 0 at padding; see reference.pool_backward."""
-    _check_pool(mode)
+    argmax_h, starts_h, lengths_h = chk.check_pool_backward(dY, argmax, starts, lengths, T, mode)
     dY = _dev(dY)
     B, F = tuple(dY.shape)
     T = int(T)
-    starts_h, lengths_h = check_spans(to_numpy(starts), to_numpy(lengths), B, T, "pool_backward")
     is_max = mode == "max"
     if is_max:
-        argmax = _dev_int(argmax)
-        if tuple(argmax.shape) != (B, F):
-            raise ValueError(f"pool_backward: argmax has shape {tuple(argmax.shape)}, expected {(B, F)}")
+        argmax = _dev_int(argmax if _is_device(argmax) and argmax.dtype == np.int64 else argmax_h)
     dX = _empty((B, T, F), dY.dtype)
     _launch1d("pool_bwd", dY.dtype, B * T * F, dY, argmax if is_max else _dummy(np.int64, 2),
               _dev_int(starts_h), _dev_int(lengths_h), dX, int(is_max))
@@ -608,10 +654,9 @@ def pool_backward(dY, argmax, starts, lengths, T, mode):
 def dropout_mask(shape, rate, seed, dtype=np.float32):
     """Inverted-dropout scale, bit-identical to reference.dropout_mask (splitmix64 of
     (seed, element index) drawn on the device)."""
-    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    shape = chk.check_dropout_mask(shape, rate, seed, dtype)
     n = int(np.prod(shape)) if shape else 1
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.uint64(seed) * np.uint64(0x100000001B3))
+    key = dropout_key(seed)
     out = _empty((n,), dtype)
     _launch1d("dropout", dtype, n, out, np.uint64(key), float(rate), float(1.0 / (1.0 - rate)))
     return out.reshape(shape)
@@ -619,19 +664,18 @@ def dropout_mask(shape, rate, seed, dtype=np.float32):
 
 def mul(X, M):
     """Elementwise X * M; M broadcasts against X (NumPy rules, M.ndim <= X.ndim <= 4)."""
+    chk.check_mul(X, M)
+    if len(X.shape) > 4:
+        raise TaggerError(f"mul: X has {len(X.shape)} axes; this backend multiplies at most 4-D arrays")
     X, M = _dev(X), _dev(M)
-    if X.ndim > 4 or M.ndim > X.ndim:
-        raise ValueError(f"mul: unsupported shapes {X.shape} * {M.shape}")
     xs = (1,) * (4 - X.ndim) + tuple(X.shape)
     ms = (1,) * (4 - M.ndim) + tuple(M.shape)
     strides, acc = [0] * 4, 1
     for ax in range(3, -1, -1):
         if ms[ax] == xs[ax]:
             strides[ax] = acc if ms[ax] > 1 else 0
-        elif ms[ax] == 1:
+        else:  # ms[ax] == 1 (check_mul refused anything else)
             strides[ax] = 0
-        else:
-            raise ValueError(f"mul: cannot broadcast {M.shape} to {X.shape}")
         acc *= ms[ax]
     out = _empty(X.shape, X.dtype)
     _launch1d("mul_bcast", X.dtype, X.size, _flat(X), _flat(M), _flat(out), xs[1], xs[2], xs[3], *strides)
@@ -643,14 +687,25 @@ def mul(X, M):
 
 
 def _rows_arg(rows):
+    """rows (checked: an int64 host array, or None) as (device rows, has_rows, count)."""
     if rows is None:
         return _cuda().to_device(np.zeros(1, dtype=np.int64)), 0, None
-    r = _dev_int(rows).reshape(-1)
-    return r, 1, r.shape[0]
+    return _cuda().to_device(rows), 1, rows.shape[0]
+
+
+def _check_on_device(where, **arrays):
+    """Arrays updated in place must already live on the device (a host array would be
+    copied in, updated there and lost)."""
+    for name, a in arrays.items():
+        if a is not None and not _is_device(a):
+            raise TaggerError(f"{where}: {name} must be a device array (it is updated in place); make it with ops.asarray or ops.zeros")
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, rows=None):
     """AdamW (see reference.adam_update); lazy over `rows` when given."""
+    chk.check_step("adam_update", step)
+    rows = chk.check_update("adam_update", rows, param=param, grad=grad, m=m, v=v)
+    _check_on_device("adam_update", param=param, m=m, v=v)
     dt = param.dtype
     p2, g2, m2, v2 = _rows2d(param), _rows2d(_dev(grad)), _rows2d(m), _rows2d(v)
     rows_d, has_rows, nr = _rows_arg(rows)
@@ -662,6 +717,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     """SGD with heavy-ball momentum and decoupled weight decay; lazy over `rows`."""
+    rows = chk.check_update("sgd_update", rows, param=param, grad=grad, velocity=velocity)
+    _check_on_device("sgd_update", param=param, velocity=velocity)
     dt = param.dtype
     p2, g2, v2 = _rows2d(param), _rows2d(_dev(grad)), _rows2d(velocity)
     rows_d, has_rows, nr = _rows_arg(rows)
@@ -672,6 +729,7 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
 
 def sum_of_squares(grad, rows=None):
     """float(sum(grad[rows]**2)) in float64, reduced on the device in a fixed order."""
+    rows = chk.check_update("sum_of_squares", rows, grad=grad)
     g2 = _rows2d(_dev(grad))
     rows_d, has_rows, _ = _rows_arg(rows)
     partial = _empty((REDUCE_BLOCKS,), np.float64)
@@ -684,6 +742,8 @@ def sum_of_squares(grad, rows=None):
 
 def scale_(arr, factor, rows=None):
     """In-place arr *= factor (on rows only, if given)."""
+    rows = chk.check_buffer("scale_", arr, rows)
+    _check_on_device("scale_", arr=arr)
     if rows is None:
         _launch1d("scale", arr.dtype, arr.size, _flat(arr), _scalar(factor, arr.dtype))
     else:
@@ -694,6 +754,8 @@ def scale_(arr, factor, rows=None):
 
 def fill_(arr, value, rows=None):
     """In-place fill (on rows only, if given)."""
+    rows = chk.check_buffer("fill_", arr, rows)
+    _check_on_device("fill_", arr=arr)
     if rows is None:
         _launch1d("fill", arr.dtype, arr.size, _flat(arr), _scalar(value, arr.dtype))
     else:
