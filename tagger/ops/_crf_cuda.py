@@ -35,9 +35,8 @@ def _rows(name, dtype, B, *args):
 
 def _prepare(where, E, starts, lengths, A, s, e, y=None, grads=None):
     """Checked inputs: device E, A, s, e; host and device int64 starts, lengths (and y)."""
-    y_h = None if y is None else C._host_int(y)
-    starts_h, lengths_h, y_h = check_crf(where, E, C._host_int(starts), C._host_int(lengths), A, s, e, y=y_h,
-                                         grads=grads)
+    host = [None if a is None else C.to_numpy(a) for a in (starts, lengths, y)]  # dtypes kept for the checks
+    starts_h, lengths_h, y_h = check_crf(where, E, host[0], host[1], A, s, e, y=host[2], grads=grads)
     dev = [C._dev(a) for a in (E, A, s, e)]
     ints = [C._dev_int(a) for a in (starts_h, lengths_h) + (() if y_h is None else (y_h,))]
     return dev, ints, lengths_h
