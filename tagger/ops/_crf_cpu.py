@@ -5,7 +5,8 @@ Legend, the score, the loss, its gradient and the op signatures: tagger/ops/_crf
 one compiled call; each row only touches its own span):
 
     st, n    starts[b], lengths[b]: the row's steps are time indices st .. st + n - 1
-    Eb       (n, K) view E[b, st : st + n]; alpha, beta (B, T, K) scratch, same views
+    Eb       (n, K) view E[b, st : st + n]; alpha, beta (B, T, K), logZ (B,) from
+             _forward_backward, shared by the loss and the marginals kernels
     m, acc, v (K,) scratch; AT (K, K) = A transposed (contiguous) for the backward
 
 The exponentials all take x - max <= 0: expneg is libm's exp in float64 and a Cephes
@@ -81,34 +82,48 @@ def _backward_row(beta, v, m, acc, E, AT, e):
 
 
 @njit(**_JIT)
-def _crf_nll_kernel(dE, dA, ds, de, alpha, beta, E, y, starts, lengths, A, s, e, inv_n):
-    """Fills dE (B, T, K) at real steps (the caller zeroes it), accumulates dA, ds, de;
-    returns the loss (float64). alpha, beta (B, T, K): scratch."""
+def _forward_backward(alpha, beta, logZ, E, starts, lengths, A, s, e):
+    """alpha, beta (B, T, K) at each row's real steps (untouched elsewhere), logZ (B,)
+    (0 for a length-0 row): what the loss and the marginals both start from."""
     B, T, K = E.shape
     m = np.empty(K, dtype=E.dtype)
     acc = np.empty(K, dtype=E.dtype)
     v = np.empty(K, dtype=E.dtype)
     AT = np.ascontiguousarray(A.T)
+    for b in range(B):
+        st, n = starts[b], lengths[b]
+        logZ[b] = 0
+        if n == 0:
+            continue
+        Eb = E[b, st : st + n]
+        logZ[b] = _forward_row(alpha[b, st : st + n], m, acc, Eb, A, s, e)
+        _backward_row(beta[b, st : st + n], v, m, acc, Eb, AT, e)
+
+
+@njit(**_JIT)
+def _crf_nll_kernel(dE, dA, ds, de, alpha, beta, logZ, E, y, starts, lengths, A, s, e, inv_n):
+    """From _forward_backward's alpha, beta, logZ: fills dE (B, T, K) at real steps (the
+    caller zeroes it), accumulates dA, ds, de; returns the loss (float64)."""
+    B, T, K = E.shape
+    m = np.empty(K, dtype=E.dtype)
     loss = 0.0
     for b in range(B):
         st, n = starts[b], lengths[b]
         if n == 0:
             continue
         Eb, yb, dEb = E[b, st : st + n], y[b, st : st + n], dE[b, st : st + n]
-        ab, bb = alpha[b, st : st + n], beta[b, st : st + n]
-        logZ = _forward_row(ab, m, acc, Eb, A, s, e)
-        _backward_row(bb, v, m, acc, Eb, AT, e)
+        ab, bb, z = alpha[b, st : st + n], beta[b, st : st + n], logZ[b]
         # 1. the gold path's score
         gold = s[yb[0]] + e[yb[n - 1]]
         for t in range(n):
             gold += Eb[t, yb[t]]
         for t in range(1, n):
             gold += A[yb[t - 1], yb[t]]
-        loss += logZ - gold
+        loss += z - gold
         # 2. dE = (marginals - onehot) / N; ds, de from the first and last step
         for t in range(n):
             for j in range(K):
-                dEb[t, j] = expneg(ab[t, j] + bb[t, j] - logZ) * inv_n
+                dEb[t, j] = expneg(ab[t, j] + bb[t, j] - z) * inv_n
             dEb[t, yb[t]] -= inv_n
         for j in range(K):
             ds[j] += dEb[0, j]
@@ -116,7 +131,7 @@ def _crf_nll_kernel(dE, dA, ds, de, alpha, beta, E, y, starts, lengths, A, s, e,
         # 3. dA = (pairwise marginals - gold transitions) / N
         for t in range(1, n):
             for j in range(K):
-                m[j] = Eb[t, j] + bb[t, j] - logZ
+                m[j] = Eb[t, j] + bb[t, j] - z
             for i in range(K):
                 for j in range(K):
                     dA[i, j] += expneg(ab[t - 1, i] + A[i, j] + m[j]) * inv_n
@@ -125,23 +140,14 @@ def _crf_nll_kernel(dE, dA, ds, de, alpha, beta, E, y, starts, lengths, A, s, e,
 
 
 @njit(**_JIT)
-def _crf_marginals_kernel(P, alpha, beta, E, starts, lengths, A, s, e):
-    """P (B, T, K) at real steps (the caller zeroes it); alpha, beta: scratch."""
-    B, T, K = E.shape
-    m = np.empty(K, dtype=E.dtype)
-    acc = np.empty(K, dtype=E.dtype)
-    v = np.empty(K, dtype=E.dtype)
-    AT = np.ascontiguousarray(A.T)
+def _crf_marginals_kernel(P, alpha, beta, logZ, starts, lengths):
+    """From _forward_backward's alpha, beta, logZ: P (B, T, K) at real steps (the caller
+    zeroes it)."""
+    B, T, K = P.shape
     for b in range(B):
-        st, n = starts[b], lengths[b]
-        if n == 0:
-            continue
-        Eb, ab, bb = E[b, st : st + n], alpha[b, st : st + n], beta[b, st : st + n]
-        logZ = _forward_row(ab, m, acc, Eb, A, s, e)
-        _backward_row(bb, v, m, acc, Eb, AT, e)
-        for t in range(n):
+        for t in range(starts[b], starts[b] + lengths[b]):
             for j in range(K):
-                P[b, st + t, j] = expneg(ab[t, j] + bb[t, j] - logZ)
+                P[b, t, j] = expneg(alpha[b, t, j] + beta[b, t, j] - logZ[b])
 
 
 @njit(**_JIT)
@@ -197,7 +203,8 @@ def crf_nll(E, y, starts, lengths, A, s, e, dA, ds, de):
     inv_n = dt.type(1.0 / max(int(lengths.sum()), 1))
     # the kernel accumulates into contiguous buffers; a strided view gets a copy and back
     gA, gs, ge = _contiguous(dA, ds, de)
-    loss = _crf_nll_kernel(dE, gA, gs, ge, np.empty_like(E), np.empty_like(E), E, y, starts, lengths, A, s, e, inv_n)
+    alpha, beta, logZ = _run_forward_backward(E, starts, lengths, A, s, e)
+    loss = _crf_nll_kernel(dE, gA, gs, ge, alpha, beta, logZ, E, y, starts, lengths, A, s, e, inv_n)
     for buf, g in zip((dA, ds, de), (gA, gs, ge)):
         if g is not buf:
             buf[...] = g
@@ -209,7 +216,7 @@ def crf_marginals(E, starts, lengths, A, s, e):
     starts, lengths, _ = check_crf("crf_marginals", E, starts, lengths, A, s, e)
     E, A, s, e = _contiguous(E, A, s, e)
     P = np.zeros_like(E)
-    _crf_marginals_kernel(P, np.empty_like(E), np.empty_like(E), E, starts, lengths, A, s, e)
+    _crf_marginals_kernel(P, *_run_forward_backward(E, starts, lengths, A, s, e), starts, lengths)
     return P
 
 
@@ -221,6 +228,12 @@ def crf_viterbi(E, starts, lengths, A, s, e):
     scores = np.zeros(E.shape[0], dtype=E.dtype)
     _crf_viterbi_kernel(paths, scores, E, starts, lengths, A, s, e)
     return paths, scores
+
+
+def _run_forward_backward(E, starts, lengths, A, s, e):
+    alpha, beta, logZ = np.empty_like(E), np.empty_like(E), np.empty(E.shape[0], dtype=E.dtype)
+    _forward_backward(alpha, beta, logZ, E, starts, lengths, A, s, e)
+    return alpha, beta, logZ
 
 
 def _contiguous(*arrays):
