@@ -159,9 +159,9 @@ def test_a_sentence_alone_equals_the_same_sentence_in_a_padded_batch(backend, pa
         np.testing.assert_allclose(dE[b, real] * N, dE1[0] * n, rtol=1e-10, atol=1e-14)
         for acc, g in zip(sums, dw):
             acc += g * n
-        np.testing.assert_array_equal(paths[b, real], ops.crf_viterbi(one[0], alone.starts, alone.lengths, A, s, e)[0][0])
-        np.testing.assert_allclose(P[b, real], np.asarray(ops.crf_marginals(one[0], alone.starts, alone.lengths, A, s, e))[0],
-                                   rtol=1e-12)
+        args = (one[0], alone.starts, alone.lengths, A, s, e)
+        np.testing.assert_array_equal(paths[b, real], ops.crf_viterbi(*args)[0][0])
+        np.testing.assert_allclose(P[b, real], np.asarray(ops.crf_marginals(*args))[0], rtol=1e-12)
     assert loss * N == pytest.approx(total, rel=1e-12)
     for got, want in zip((dA, ds, de), sums):
         np.testing.assert_allclose(got * N, want, rtol=1e-10, atol=1e-14)
