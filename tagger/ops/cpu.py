@@ -1334,3 +1334,7 @@ def warmup(dtypes=(np.float32, np.float64)):
         sgd_update(p, g, st[0], 0.1, 0.9, 0.0, rows=rows)
         sum_of_squares(g)
         sum_of_squares(g, rows)
+
+
+expneg = _expneg  # public name for the CRF kernels (tagger/ops/_crf_cpu.py), which share it
+from tagger.ops._crf_cpu import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)

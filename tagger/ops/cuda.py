@@ -762,3 +762,6 @@ def fill_(arr, value, rows=None):
         rows_d, _, nr = _rows_arg(rows)
         a2 = _rows2d(arr)
         _launch1d("fill_rows", arr.dtype, nr * a2.shape[1], a2, rows_d, _scalar(value, arr.dtype))
+
+
+from tagger.ops._crf_cuda import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)

@@ -612,3 +612,6 @@ def to_numpy(a):
 
 def zeros(shape, dtype=np.float32):
     return np.zeros(shape, dtype=dtype)
+
+
+from tagger.ops._crf_reference import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)
