@@ -80,17 +80,15 @@ class SoftmaxHead:
 class CRFHead:
     """The CRF's negative log-likelihood; Viterbi paths, the per-token marginals as probabilities.
 
-    The CRF runs on the host: its inputs are only B*T*K scores.
-    """
+    The CRF runs on the network's backend over the batch's spans (device arrays stay on
+    the device); only the paths and the marginals come back to the host."""
 
     def loss(self, scores, batch, network):
-        loss, dscores = crf_of(network).loss(scores, batch.labels, batch.lengths)
-        return loss, network.ops.asarray(dscores)
+        return crf_of(network).loss(scores, network.ops.asarray(batch.labels), batch.spans)
 
     def decode(self, scores, batch, network):
         crf = crf_of(network)
-        emissions = network.ops.to_numpy(scores)
-        return crf.decode(emissions, batch.lengths), crf.marginals(emissions, batch.lengths)
+        return crf.decode(scores, batch.spans), crf.marginals(scores, batch.spans)
 
 
 # ----------------------------------------------------------------------------------------

@@ -386,3 +386,19 @@ def check_buffer(where, arr, rows, name="arr"):
     if rows is not None and len(arr.shape) == 0:
         raise TaggerError(f"{where}: {name} has no rows to select")
     return check_rows(where, rows, int(arr.shape[0]) if len(arr.shape) else 0)
+
+
+# ----------------------------------------------------------------------------------------
+# the pair ops: both directions' calls, after one check of the pair
+
+
+def run_pair(where, op, args_fwd, args_bwd, accumulates=False, submit=None):
+    """(op(*args_fwd), op(*args_bwd)): sequential, or with the second call handed to
+    submit (an executor's submit) so the two directions run at the same time.
+    accumulates: a backward op, whose two calls must not share gradient buffers."""
+    check_pair(where, args_fwd, args_bwd, accumulates)
+    if submit is None:
+        return op(*args_fwd), op(*args_bwd)
+    second = submit(op, *args_bwd)
+    first = op(*args_fwd)
+    return first, second.result()

@@ -8,13 +8,10 @@ private helpers):
     POOL_MODES     global pooling modes of pool_forward / pool_backward
     splitmix64     the counter hash behind dropout_mask (identical bits on every backend)
     dropout_key    the per-seed key of that hash
-    run_pair       the two directions' calls of a pair op, one after the other or concurrently
 """
 from __future__ import annotations
 
 import numpy as np
-
-from tagger.ops import _checks  # module import: _checks imports the constants below
 
 GATES = 4
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
@@ -34,15 +31,3 @@ def dropout_key(seed):
     """The uint64 key of seed: element k of a mask hashes key + k."""
     with np.errstate(over="ignore"):
         return splitmix64(np.uint64(seed) * np.uint64(0x100000001B3))
-
-
-def run_pair(where, op, args_fwd, args_bwd, accumulates=False, submit=None):
-    """(op(*args_fwd), op(*args_bwd)): sequential, or with the second call handed to
-    submit (an executor's submit) so the two directions run at the same time.
-    accumulates: a backward op, whose two calls must not share gradient buffers."""
-    _checks.check_pair(where, args_fwd, args_bwd, accumulates)
-    if submit is None:
-        return op(*args_fwd), op(*args_bwd)
-    second = submit(op, *args_bwd)
-    first = op(*args_fwd)
-    return first, second.result()

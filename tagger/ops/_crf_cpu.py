@@ -23,6 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
+from tagger.ops._cpu_math import expneg
 from tagger.ops._crf_reference import check_crf
 
 # cached, GIL released, and error_model="numpy" (no exception paths in the inner loops), as
@@ -262,4 +263,3 @@ def warmup(dtypes=(np.float32, np.float64)):
 # Bound last, on purpose: tagger/ops/cpu.py re-exports the ops above, so the two modules
 # import each other. Importing this one at the end lets either be imported first (njit
 # resolves `expneg` when a kernel first compiles, not when it is defined).
-from tagger.ops.cpu import expneg  # noqa: E402

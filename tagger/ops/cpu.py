@@ -54,14 +54,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from tagger.errors import TaggerError
 from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
-from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES, run_pair  # noqa: F401 (ACTIVATIONS: as on every backend)
+from tagger.ops._checks import run_pair
+from tagger.ops._cpu_math import F32_HALF as _F32_HALF, F32_ONE as _F32_ONE, expneg as _expneg
+from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES  # noqa: F401 (ACTIVATIONS: as on every backend)
 
 PROJECTED_INFERENCE = True
 CONCURRENT_PAIR = True
@@ -87,57 +88,8 @@ mul = _ref.mul
 
 
 # ----------------------------------------------------------------------------------------
-# Elementwise math. Plain-Python versions (used when kernels run uncompiled) plus Numba
-# overloads chosen by dtype.
-
-
-@intrinsic
-def _i32_as_f32(typingctx, x):
-    """Reinterpret the bits of an int32 as a float32 (free; vectorisable)."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
-_F32_LOG2E = np.float32(1.44269504088896341)
-_F32_C1 = np.float32(0.693359375)
-_F32_C2 = np.float32(-2.12194440e-4)
-_F32_P0 = np.float32(1.9875691500e-4)
-_F32_P1 = np.float32(1.3981999507e-3)
-_F32_P2 = np.float32(8.3334519073e-3)
-_F32_P3 = np.float32(4.1665795894e-2)
-_F32_P4 = np.float32(1.6666665459e-1)
-_F32_P5 = np.float32(5.0000001201e-1)
-_F32_ONE = np.float32(1.0)
-_F32_HALF = np.float32(0.5)
-_F32_LO = np.float32(-87.0)
-
-
-def _expneg(x):
-    """exp(x) for x <= 0 (results below ~1e-38 flush towards tiny values, never inf)."""
-    return math.exp(x)
-
-
-@overload(_expneg)
-def _expneg_impl(x):
-    if x == types.float32:
-
-        def impl(x):
-            # Cephes expf: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
-            # 2^n from the exponent bits. Max error ~2 ulp on [-87, 0].
-            x = max(x, _F32_LO)
-            n = np.floor(x * _F32_LOG2E + _F32_HALF)
-            r = x - n * _F32_C1 - n * _F32_C2
-            z = r * r
-            p = ((((_F32_P0 * r + _F32_P1) * r + _F32_P2) * r + _F32_P3) * r + _F32_P4) * r + _F32_P5
-            p = p * z + r + _F32_ONE
-            return p * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
-
-        return impl
-    return lambda x: math.exp(x)
+# Elementwise math (exp itself is in _cpu_math.py, shared with the CRF kernels). Plain-Python
+# versions (used when kernels run uncompiled) plus Numba overloads chosen by dtype.
 
 
 def _sigmoid(x):
@@ -1336,5 +1288,4 @@ def warmup(dtypes=(np.float32, np.float64)):
         sum_of_squares(g, rows)
 
 
-expneg = _expneg  # public name for the CRF kernels (tagger/ops/_crf_cpu.py), which share it
 from tagger.ops._crf_cpu import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)

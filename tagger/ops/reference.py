@@ -65,7 +65,8 @@ import numpy as np
 from tagger.errors import TaggerError
 from tagger.ops import _checks as chk
 # ACTIVATIONS, MERGE_MODES, POOL_MODES are read from here by the layers (the spec's names)
-from tagger.ops._common import ACTIVATIONS, GATES, MERGE_MODES, POOL_MODES, dropout_key, run_pair, splitmix64  # noqa: F401
+from tagger.ops._common import ACTIVATIONS, GATES, MERGE_MODES, POOL_MODES, dropout_key, splitmix64  # noqa: F401
+from tagger.ops._checks import run_pair
 
 # Capabilities (tagger.ops.CAPABILITIES): the pair ops run one call after the other, and
 # inference through lstm_input_table saves nothing here (the spec does the same work).

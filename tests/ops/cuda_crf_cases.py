@@ -13,7 +13,7 @@ a per-sentence kernel owns more than one tag.
 import numpy as np
 import pytest
 
-from tagger.ops import _crf_cuda as X
+from tagger.ops import cuda as X  # the CRF ops and their launch constants
 from tagger.ops import cuda as C
 from tagger.ops import reference as R
 from tagger.spans import Spans

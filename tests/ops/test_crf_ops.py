@@ -4,8 +4,6 @@ between the backends and their CRF modules, and the CUDA kernels (compiled to sm
 run under the simulator in a subprocess: tests/ops/cuda_crf_cases.py). The numerics of
 the reference and cpu backends are tested in tests/layers/test_crf.py."""
 import inspect
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -104,14 +102,13 @@ def test_every_cpu_kernel_is_cached():
         assert len(kernels[name].signatures) >= 2, name
 
 
-@pytest.mark.parametrize("first", ["tagger.ops._crf_cpu", "tagger.ops._crf_cuda"])
-def test_the_crf_modules_and_their_backends_import_in_either_order(first):
-    # the backend-first order is what every other test does; here the private module first
-    code = (f"import {first}; import tagger.ops._crf_cpu as a, tagger.ops._crf_cuda as b; "
-            "from tagger.ops import cpu, cuda; "
-            "assert cpu.crf_nll is a.crf_nll and cuda.crf_viterbi is b.crf_viterbi and b.C is cuda")
-    out = subprocess.run([sys.executable, "-c", code], cwd=test_cuda.ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_the_crf_ops_are_part_of_every_backend():
+    # cpu re-exports the kernels' module; cuda defines them beside its other ops (no cycle:
+    # tests/test_imports.py checks the whole import graph)
+    from tagger.ops import _crf_cpu, cpu, cuda, reference
+    from tagger.ops import _crf_reference
+    assert cpu.crf_nll is _crf_cpu.crf_nll and reference.crf_nll is _crf_reference.crf_nll
+    assert cuda.crf_viterbi.__module__ == "tagger.ops.cuda"
 
 
 def test_cuda_kernels_are_registered_so_test_ptx_compiles_them_too():
