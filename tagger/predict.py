@@ -19,17 +19,16 @@ Formats:
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tagger.data.readers import iter_lines
+from tagger.data.readers import iter_lines, list_input_files
 from tagger.data.schemes import spans as tag_spans
 from tagger.data.types import Example
 from tagger.data.vocab import pretokenize
 from tagger.errors import TaggerError
+from tagger.fsutil import atomic_file
 
 FORMATS = ("jsonl", "conll", "tsv")
 SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv"}
@@ -77,11 +76,16 @@ def prediction_record(model, ex: Example, pred) -> dict:
     return record
 
 
+def tsv_field(text: str) -> str:
+    """A text as one TSV field: backslash, tab, CR and LF escaped as \\\\, \\t, \\r, \\n."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def format_record(record: dict, line: int, fmt: str, task: str) -> str:
     if fmt == "jsonl":
         return json.dumps({"line": line, **record}, ensure_ascii=False) + "\n"
     if task == "classify":
-        return f"{line}\t{record['label']}\t{record['probability']}\t{record['text']}\n"
+        return f"{line}\t{record['label']}\t{record['probability']}\t{tsv_field(record['text'])}\n"
     if fmt == "conll":
         return "".join(f"{t}\t{g}\n" for t, g in zip(record["tokens"], record["tags"])) + "\n"
     return f"{line}\t{' '.join(record['tokens'])}\t{' '.join(record['tags'])}\n"
@@ -93,7 +97,7 @@ def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files = list_input_files(p)
             if not files:
                 raise TaggerError(f"{p}: folder has no files to predict")
             out.extend((f, f.relative_to(p)) for f in files)
@@ -152,13 +156,7 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
             done.append((path, target, None))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as fh:
+            n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
         done.append((path, target, n))
     return done

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.data.readers import read_examples, split_dev
+from tagger.data.readers import read_examples, require_task, split_dev
 from tagger.data.schemes import spans
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
@@ -36,7 +36,7 @@ class Splits:
 
 
 def read_split(config, path):
-    return list(read_examples(path, config.data.format, **config.data.reader_options()))
+    return list(require_task(read_examples(path, config.data.format, **config.data.reader_options()), config.model.task, path, config.data.format))
 
 
 def load_splits(config) -> Splits:
@@ -224,6 +224,13 @@ BEST, LAST = "model-best", "model-last"
 
 
 def train(config, output_dir, device="cpu", progress=True) -> dict:
+    from tagger.fsutil import OutputLock
+
+    with OutputLock(output_dir):
+        return _train(config, Path(output_dir), device, progress)
+
+
+def _train(config, output_dir, device="cpu", progress=True) -> dict:
     """Train from a resolved config into `output_dir`:
 
         output_dir/model-best/   the best model on dev (a complete model directory)
@@ -234,16 +241,16 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
     Returns the final metrics (dev and test scores of the best model).
     """
     from tagger.device import announce_compile, resolve_device
-    from tagger.io import load_model
+    from tagger.fsutil import start_run
+    from tagger.io import check_network_fits, load_model
     from tagger.models import Model, build_network
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
     ops = resolve_device(device, announce=True)
     announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
+    check_network_fits(config.model, len(words), len(labels))
     network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
     model = Model(config, words, labels, network)
     print(
@@ -263,6 +270,7 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate['tokens'] / max(time.perf_counter() - rate['t0'], 1e-9):,.0f}")
 
+    start_run(output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl"))
     (output_dir / "loss.tsv").write_text("epoch\tstep\tloss\tdev_score\tdev_accuracy\tlr\ttokens_per_s\n", encoding="utf-8")
     (output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
     interrupted = False
@@ -288,6 +296,7 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
         if not (output_dir / BEST).exists():
             model.save(output_dir / BEST)
         print(f"\ninterrupted: the current model is saved in {output_dir / LAST}", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()

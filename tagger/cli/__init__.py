@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import typer
 
+from ._util import OneLineErrors
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="tagger",
     help="BiLSTM sequence labelling and text classification: train, evaluate, predict.",
     no_args_is_help=True,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from ._util import load, user_errors
+from ._util import check_output_file, load, user_errors
 
 
 @app.command()
@@ -23,6 +23,8 @@ def evaluate(
         from tagger.metrics import conlleval_text
         from tagger.training import evaluate as run_eval, read_split
 
+        if output is not None:
+            check_output_file(output, "--output")
         m = load(str(model), device)
         examples = read_split(m.config, data)
         scores = run_eval(m, examples)
