@@ -291,8 +291,8 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
 OS_HINTS = {
     errno.ENOSPC: "the disk is full; free some space or write elsewhere",
     errno.EDQUOT: "the disk quota is exceeded; free some space or write elsewhere",
-    errno.EACCES: "permission denied; choose a path you can write to",
-    errno.EPERM: "permission denied; choose a path you can write to",
+    errno.EACCES: "permission denied; check its permissions or choose another path",
+    errno.EPERM: "operation not permitted; check its permissions or choose another path",
     errno.EROFS: "the file system is read-only; write elsewhere",
     errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
     errno.EISDIR: "is a folder; give a file name",

@@ -80,8 +80,10 @@ def save_model(model, path, metrics=None):
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         replace_dir(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename is not None:  # name the model, not its temporary
+            err.filename = str(err.filename).replace(str(tmp), str(path))
         raise
 
 
@@ -89,11 +91,12 @@ def save_model(model, path, metrics=None):
 def parameter_count(mcfg, n_words: int, n_labels: int) -> int:
     """Weights of the network `mcfg` describes, without building it."""
     e, h = mcfg.embedding_dim, mcfg.lstm_units
-    count = n_words * e
-    width = e
-    for _ in range(mcfg.layers):
-        count += 2 * (width * 4 * h + h * 4 * h + 4 * h)
-        width = 2 * h if mcfg.merge_mode == "concat" else h
+    width = 2 * h if mcfg.merge_mode == "concat" else h  # what each BiLSTM passes on
+
+    def bilstm(inputs):
+        return 2 * (inputs * 4 * h + h * 4 * h + 4 * h)
+
+    count = n_words * e + bilstm(e) + (mcfg.layers - 1) * bilstm(width)
     count += width * n_labels + n_labels
     if getattr(mcfg, "crf", False):
         count += n_labels * n_labels + 2 * n_labels

@@ -19,9 +19,13 @@ import signal
 import sys
 from pathlib import Path
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.2x vendors click as typer._click; older typer raises click's own classes
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as cx
 
 from tagger.errors import TaggerError
 
@@ -69,7 +73,7 @@ def user_errors():
     with _signal_handlers():
         try:
             yield
-        except (typer.Exit, click.exceptions.Exit, click.ClickException):
+        except (typer.Exit, cx.ClickException):
             raise
         except Terminated:
             _stop(EXIT_TERMINATED, "terminated")
@@ -100,17 +104,17 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as err:
+        except cx.NoArgsIsHelpError as err:
             typer.echo(err.ctx.get_help())
             sys.exit(0)
-        except click.UsageError as err:
+        except cx.UsageError as err:
             cmd = err.ctx.command_path if err.ctx is not None else "tagger"
             typer.echo(f"error: {err.format_message()} (see `{cmd} --help`)", err=True)
             sys.exit(err.exit_code)
-        except click.ClickException as err:
+        except cx.ClickException as err:
             typer.echo(f"error: {err.format_message()}", err=True)
             sys.exit(err.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             typer.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         if not standalone_mode:
