@@ -205,6 +205,11 @@ def load_model(path, device="cpu", dtype=np.float32):
     path = resolve_model_dir(path)
     if not path.is_dir():
         raise TaggerError(f"{path}: no such model directory (train one with `tagger train CONFIG --output {path}`)")
+    if not is_model_dir(path) and is_model_dir(path / "previous" / "model-best"):
+        raise TaggerError(
+            f"{path}: the run here has saved no model yet (running, or stopped early); "
+            f"the run before it saved {path / 'previous' / 'model-best'}"
+        )
     for name in FILES:
         if not (path / name).is_file():
             raise TaggerError(f"{path / name}: missing; this is not a complete tagger model directory")

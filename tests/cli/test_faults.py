@@ -126,6 +126,11 @@ class Case:
         return pytest.param(self, id=self.id)
 
 
+def after(_prepared, argv, needles):
+    """For a case's `make`: the first argument only prepares a file (it runs first)."""
+    return argv, needles
+
+
 def run_case(case: Case, tmp_path, models, monkeypatch):
     ctx = Ctx(tmp_path, models)
     argv, needles = case.make(ctx)
@@ -160,8 +165,8 @@ CONFIG_FILES = [
     _yaml_case("section-not-mapping", "training: 3\n", "training"),
     Case("config-not-found", lambda c: (["train", c.tmp / "nope.yaml"], ["nope.yaml", "not found"])),
     Case("config-is-folder", lambda c: (["train", c.tmp], [str(c.tmp), "is a folder"])),
-    Case("config-not-utf8", lambda c: ((c.tmp / "c.yaml").write_bytes(b"device: \xff\n"), ["train", c.tmp / "c.yaml"])[1:]
-         + (["c.yaml", "not UTF-8"],)),
+    Case("config-not-utf8", lambda c: after((c.tmp / "c.yaml").write_bytes(b"device: \xff\n"), ["train", c.tmp / "c.yaml"],
+                                            ["c.yaml", "not UTF-8"])),
 ]
 
 
@@ -346,8 +351,8 @@ def _dangling_folder(c: Ctx):
 INPUTS = [
     Case("input-missing", lambda c: (["predict", c.tag, c.tmp / "no.txt", "-o", c.tmp / "out"], ["no.txt", "no such file"]),
          absent=("out",)),
-    Case("input-empty-folder", lambda c: ((c.tmp / "e").mkdir(), ["predict", c.tag, c.tmp / "e", "-o", c.tmp / "out"])[1:]
-         + (["e", "no files"],), absent=("out",)),
+    Case("input-empty-folder", lambda c: after((c.tmp / "e").mkdir(), ["predict", c.tag, c.tmp / "e", "-o", c.tmp / "out"],
+                                               ["e", "no files"]), absent=("out",)),
     Case("input-symlink-loop", lambda c: (["predict", c.tag, _loop_folder(c), "-o", c.tmp / "out"], ["folder/", "link loop"]),
          absent=("out",)),
     Case("input-dangling-link", lambda c: (["predict", c.tag, _dangling_folder(c), "-o", c.tmp / "out"], ["gone.txt", "leads to no file"]),
@@ -356,15 +361,15 @@ INPUTS = [
          absent=("out/in.txt.gz.jsonl",)),
     Case("input-truncated-gz", lambda c: (["predict", c.tag, _gz_truncated(c.tmp / "in.txt.gz", SAMPLES / "example.txt"),
                                            "-o", c.tmp / "out"], ["in.txt.gz", "truncated"]), absent=("out/in.txt.gz.jsonl",)),
-    Case("input-not-utf8", lambda c: ((c.tmp / "l.txt").write_bytes(b"ok\nsister\xf0city\n"),
-                                      ["predict", c.tag, c.tmp / "l.txt", "-o", c.tmp / "out"])[1:]
-         + (["l.txt:2", "0xf0", "--encoding"],), absent=("out/l.txt.jsonl",)),
-    Case("input-not-utf8-stdout", lambda c: ((c.tmp / "l.txt").write_bytes(b"\xff\n"), ["predict", c.tag, c.tmp / "l.txt"])[1:]
-         + (["l.txt:1", "--encoding"],)),
+    Case("input-not-utf8", lambda c: after((c.tmp / "l.txt").write_bytes(b"ok\nsister\xf0city\n"),
+                                           ["predict", c.tag, c.tmp / "l.txt", "-o", c.tmp / "out"],
+                                           ["l.txt:2", "0xf0", "--encoding"]), absent=("out/l.txt.jsonl",)),
+    Case("input-not-utf8-stdout", lambda c: after((c.tmp / "l.txt").write_bytes(b"\xff\n"), ["predict", c.tag, c.tmp / "l.txt"],
+                                                  ["l.txt:1", "--encoding"])),
     Case("model-missing", lambda c: (["predict", c.tmp / "nomodel", c.text()], ["nomodel", "no such model directory"])),
     Case("model-is-a-file", lambda c: (["predict", c.text("m.txt"), c.text()], ["m.txt"])),
-    Case("model-empty-folder", lambda c: ((c.tmp / "m").mkdir(), ["predict", c.tmp / "m", c.text()])[1:]
-         + (["config.yaml", "missing"],)),
+    Case("model-empty-folder", lambda c: after((c.tmp / "m").mkdir(), ["predict", c.tmp / "m", c.text()],
+                                               ["config.yaml", "missing"])),
 ]
 
 
@@ -663,6 +668,13 @@ def test_a_restart_moves_the_old_run_aside_and_cleans_temporaries(tmp_path, mode
     assert (out / "previous" / "model-best" / "weights.safetensors").read_bytes() == first
     assert (out / "model-best" / "weights.safetensors").read_bytes() == first  # same seed, same bytes
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".tagger.lock"]
+
+
+def test_a_restarted_run_without_a_model_yet_points_at_the_previous_one(tmp_path, models):
+    run = tmp_path / "run"
+    shutil.copytree(models["tag"], run / "previous" / "model-best")
+    (run / "loss.tsv").write_text("epoch\tstep\n")  # the restarted run's fresh log, no model yet
+    assert_one_line(invoke("predict", run, Ctx(tmp_path, models).text()), 1, [str(run), "previous/model-best"])
 
 
 def test_classifier_tsv_escapes_tabs_in_the_text(tmp_path, models):
