@@ -60,8 +60,12 @@ def _signal_handlers():
             signal.signal(sig, handler)
 
 
+_reported: list[int] = []  # exit codes whose one line has been printed
+
+
 def _stop(code: int, message: str):
     typer.echo(message, err=True)
+    _reported.append(code)
     raise typer.Exit(code)
 
 
@@ -102,6 +106,7 @@ class OneLineErrors(TyperGroup):
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _reported.clear()
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except cx.NoArgsIsHelpError as err:
@@ -117,6 +122,8 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             typer.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        if rv == EXIT_INTERRUPTED and not _reported:  # Ctrl-C while typer parsed: it exits 130 silently
+            typer.echo("interrupted", err=True)
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)

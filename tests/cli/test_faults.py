@@ -606,6 +606,16 @@ def test_ctrl_c_at_start_up_exits_130(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_ctrl_c_while_parsing_options_exits_130_with_one_line(tmp_path, models, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tagger.data.readers.check_encoding", interrupted)
+    result = invoke("predict", models["tag"], Ctx(tmp_path, models).text(), "--encoding", "utf-8")
+    _interrupted(result, 130, "interrupted")
+    assert len(stderr_lines(result)) == 1
+
+
 def test_an_interrupt_that_a_library_turns_into_another_error_exits_130(tmp_path, models, monkeypatch):
     """Numba interrupted while compiling re-raises a KeyError; the interrupt still wins."""
 
@@ -692,3 +702,28 @@ def test_jsonl_output_is_valid_json(tmp_path, models):
     assert result.exit_code == 0
     for line in result.stdout.splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in JSONL output"))
+
+
+# =============================================================================== real signals
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_real_signal_stops_training_saves_and_exits_non_zero(sig, code, word, tmp_path):
+    """The whole path in a real process: handler, the loop's save, the exit status."""
+    import subprocess
+    import sys
+
+    cfg = tiny_config(tmp_path / "c.yaml", max_steps=100000, epochs=1000, eval_every=1, patience=None)
+    script = "import sys; from tagger.cli import main; sys.argv[0] = 'tagger'; main()"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-c", script, "train", str(cfg), "-o", str(tmp_path / "out"), "--no-progress"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:
+        if line.startswith("epoch"):  # a model exists: stop it now
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == word
+    assert out == ""  # no normal result
+    assert (tmp_path / "out" / "model-last" / "weights.safetensors").is_file()
+    assert leftovers(tmp_path) == []
