@@ -23,6 +23,7 @@ from tagger.data.schemes import convert
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
+from tagger.io import check_network_fits
 from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential)
 
@@ -31,6 +32,7 @@ POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
 
 def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
     """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match."""
+    check_network_fits(mcfg, n_words, n_labels, dtype, copies=1)  # refuse before allocating
     classify = mcfg.task == "classify"
     pooled = classify and mcfg.pooling != "last"
     layers = [

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +226,12 @@ SIZES = [
     ("model.embedding_dim", "1000000000"),
     ("model.layers", "100000000"),
 ]
+
+
+def test_summary_of_a_config_larger_than_memory(tmp_path):
+    cfg = tiny_config(tmp_path / "c.yaml")
+    _edit_yaml(cfg, lambda c: c["model"].update(lstm_units=10**9))
+    assert_one_line(invoke("summary", cfg, "--vocab-size", "100"), 1, ["model.lstm_units", "free memory"])
 
 
 @pytest.mark.parametrize("key, value", SIZES, ids=[f"{k}={v}" for k, v in SIZES])
