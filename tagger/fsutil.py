@@ -306,6 +306,5 @@ OS_HINTS = {
 
 def describe_os_error(err: OSError) -> str:
     """One line for an OSError: the file it names, and what to do."""
-    where = err.filename if err.filename is not None else "a file"
-    hint = OS_HINTS.get(err.errno) or (err.strerror or str(err)).splitlines()[0]
-    return f"{where}: {hint}"
+    hint = OS_HINTS.get(err.errno) or (err.strerror or str(err) or type(err).__name__).splitlines()[0]
+    return f"{err.filename}: {hint}" if err.filename is not None else hint

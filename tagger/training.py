@@ -36,7 +36,8 @@ class Splits:
 
 
 def read_split(config, path):
-    return list(require_task(read_examples(path, config.data.format, **config.data.reader_options()), config.model.task, path, config.data.format))
+    examples = read_examples(path, config.data.format, **config.data.reader_options())
+    return list(require_task(examples, config.model.task, path, config.data.format))
 
 
 def load_splits(config) -> Splits:
@@ -224,6 +225,7 @@ BEST, LAST = "model-best", "model-last"
 
 
 def train(config, output_dir, device="cpu", progress=True) -> dict:
+    """`_train` (below) as the only writer of `output_dir` (a second run there is refused)."""
     from tagger.fsutil import OutputLock
 
     with OutputLock(output_dir):
