@@ -242,6 +242,8 @@ def start_run(folder: str | os.PathLike, outputs: Iterable[str]) -> Path | None:
     cleanup_stale(folder, all_pids=True)
     present = []
     for name in outputs:
+        for legacy in folder.glob(f".{name}.*.tmp"):  # temporaries named before they carried a pid
+            _remove(legacy)
         recover_dir(folder / name)
         if (folder / name).exists():
             present.append(name)

@@ -215,6 +215,7 @@ def test_start_run_moves_the_previous_run_aside_and_cleans(tmp_path):
     (out / "model-best" / "w").write_text("old")
     (out / "loss.tsv").write_text("old log")
     (out / ".model-last.99999999.ab.tmp").mkdir()
+    (out / ".model-best.k2j_x9q.tmp").mkdir()  # an older version's temporary (no pid in the name)
     with fsutil.OutputLock(out):
         prev = fsutil.start_run(out, ("model-best", "model-last", "loss.tsv"))
     assert prev == out / "previous"
