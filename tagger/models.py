@@ -17,6 +17,7 @@ order and scores. Saving and loading are tagger.io's, files to predict tagger.pr
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from tagger.data.batching import PaddedBatch, make_batches
 from tagger.data.prepare import examples_from_texts
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
+from tagger.errors import TaggerError
 from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential)
 from tagger.tasks import Task, crf_of, head_spec, make_task
@@ -32,8 +34,59 @@ from tagger.tasks import Task, crf_of, head_spec, make_task
 POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
 
 
+# ----------------------------------------------------------------------------------------
+# sizes: checked against free memory before anything is allocated
+def parameter_count(mcfg, n_words: int, n_labels: int) -> int:
+    """Weights of the network `mcfg` describes, without building it."""
+    e, h = mcfg.embedding_dim, mcfg.lstm_units
+    width = 2 * h if mcfg.merge_mode == "concat" else h  # what each BiLSTM passes on
+
+    def bilstm(inputs):
+        return 2 * (inputs * 4 * h + h * 4 * h + 4 * h)
+
+    count = n_words * e + bilstm(e) + (mcfg.layers - 1) * bilstm(width)
+    count += width * n_labels + n_labels
+    if getattr(mcfg, "crf", False):
+        count += n_labels * n_labels + 2 * n_labels
+    return count
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate (MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+# weights, gradients and two Adam moments
+COPIES_IN_TRAINING = 4
+
+
+def check_network_fits(mcfg, n_words: int, n_labels: int, dtype=np.float32, copies: int = COPIES_IN_TRAINING, source="model"):
+    """Refuse, before allocating anything, a network whose weights cannot fit in memory."""
+    n = parameter_count(mcfg, n_words, n_labels)
+    need = n * np.dtype(dtype).itemsize * copies
+    have = available_memory()
+    if need > have:
+        raise TaggerError(
+            f"{source}: model.lstm_units {mcfg.lstm_units}, model.embedding_dim {mcfg.embedding_dim}, "
+            f"model.layers {mcfg.layers} with {n_words} words make {n:,} weights ({need / 2**30:,.1f} GiB "
+            f"with gradients and optimizer state), more than the {have / 2**30:,.1f} GiB of free memory; make them smaller"
+        )
+    return n
+
+
 def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
     """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match."""
+    check_network_fits(mcfg, n_words, n_labels, dtype, copies=1)  # refuse before allocating
     head = head_spec(mcfg)
     layers = [
         Embedding(

@@ -22,15 +22,14 @@ Formats:
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tagger.data.prepare import examples_from_texts
-from tagger.data.readers import iter_lines
+from tagger.data.readers import iter_lines, list_input_files
 from tagger.errors import TaggerError
+from tagger.fsutil import atomic_file
 
 FORMATS = ("jsonl", "conll", "tsv")
 SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv"}
@@ -43,7 +42,7 @@ def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files = list_input_files(p)
             if not files:
                 raise TaggerError(f"{p}: folder has no files to predict")
             out.extend((f, f.relative_to(p)) for f in files)
@@ -102,13 +101,7 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
             done.append((path, target, None))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as fh:
+            n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
         done.append((path, target, n))
     return done

@@ -273,7 +273,7 @@ class ClassifyTask(Task):
 
     def format_text(self, record: dict, line: int, fmt: str) -> str:
         # conll and tsv are the same for texts: one row per line
-        return f"{line}\t{record['label']}\t{record['probability']}\t{record['text']}\n"
+        return f"{line}\t{record['label']}\t{record['probability']}\t{tsv_field(record['text'])}\n"
 
     def score(self, examples: Sequence[Example], preds: Sequence) -> dict:
         report = classification_report([ex.label for ex in examples], [p[0] for p in preds])
@@ -309,3 +309,8 @@ def _convert(tags: Sequence[str], source: str, target: str) -> list[str]:
     if source == target or source == "none":
         return list(tags)
     return convert(tags, source, target)
+
+
+def tsv_field(text: str) -> str:
+    """A text as one TSV field: backslash, tab, CR and LF escaped as \\\\, \\t, \\r, \\n."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")

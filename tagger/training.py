@@ -27,8 +27,9 @@ import numpy as np
 from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
 from tagger.errors import TaggerError
+from tagger.fsutil import OutputLock, start_run
 from tagger.io import load_model, save_model
-from tagger.models import Model, build_network
+from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
 
 BEST, LAST = "model-best", "model-last"
@@ -278,6 +279,12 @@ class Run:
 
 
 def train(config, output_dir, device="cpu", progress=True) -> dict:
+    """`_train` (below) as the only writer of `output_dir` (a second run there is refused)."""
+    with OutputLock(output_dir):
+        return _train(config, Path(output_dir), device, progress)
+
+
+def _train(config, output_dir, device="cpu", progress=True) -> dict:
     """Train from a resolved config into `output_dir`:
 
         output_dir/model-best/   the best model on dev (a complete model directory)
@@ -294,13 +301,13 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
 
 def setup(config, output_dir, device="cpu") -> Run:
     """Read the data, build vocabularies and the model on the chosen device."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir)  # created by the OutputLock that train() holds
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
     ops = resolve_device(device, announce=True)
     announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
+    check_network_fits(config.model, len(words), len(labels))
     network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
     model = Model(config, words, labels, network)
     print(
@@ -322,6 +329,9 @@ def execute(run: Run, progress=True) -> None:
     n_batches = len(model.batches(run.splits.train, tcfg.batch_size, tcfg.batch_unit, with_labels=False))
     total = tcfg.epochs * n_batches if tcfg.max_steps is None else min(tcfg.max_steps, tcfg.epochs * n_batches)
     bar = Progress(total, progress)
+    # a restarted run moves the previous run's models and logs to previous/ first, so fresh
+    # logs never sit beside an old model-best
+    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl"))
     log, checkpoints = RunLog(run.output_dir, bar.echo), Checkpoints(model, run.output_dir)
     steps = train_loop(
         model, epoch_batches(model, run.splits.train, tcfg), (lambda: model.evaluate(dev)) if dev else None,
@@ -336,6 +346,7 @@ def execute(run: Run, progress=True) -> None:
         run.interrupted = True
         checkpoints.interrupted()
         print(f"\ninterrupted: the current model is saved in {run.output_dir / LAST}", file=sys.stderr)
+        raise  # the run stops here: the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
     finally:
         bar.close()
     if not checkpoints.best_saved and not run.interrupted:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._util import load, user_errors
+from ._util import check_output_file, load, user_errors
 
 
 @app.command()
@@ -23,6 +23,8 @@ def evaluate(
         from tagger.data.prepare import read_split
         from tagger.io import atomic_write_text
 
+        if output is not None:
+            check_output_file(output, "--output")
         m = load(str(model), device)
         scores = m.evaluate(read_split(m.config, data))
         typer.echo(format_report(scores, m.labeller.report_lines(scores)))

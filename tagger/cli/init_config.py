@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._util import note, user_errors
+from ._util import check_output_file, note, user_errors
 
 
 @app.command("init-config")
@@ -28,5 +28,6 @@ def init_config(
         if output is None:
             typer.echo(text, nl=False)
         else:
+            check_output_file(output, "--output")
             atomic_write_text(output, text)
             note(f"wrote {output}")

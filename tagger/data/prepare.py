@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tagger.data.readers import read_examples, split_dev
+from tagger.data.readers import read_examples, require_task, split_dev
 from tagger.data.types import Example
 from tagger.data.vocab import WordVocab, pretokenize
 from tagger.errors import TaggerError
@@ -33,7 +33,9 @@ class Splits:
 
 
 def read_split(config, path) -> list[Example]:
-    return list(read_examples(path, config.data.format, **config.data.reader_options()))
+    """The examples of one split; a corpus that does not fit the task is refused by name."""
+    examples = read_examples(path, config.data.format, **config.data.reader_options())
+    return list(require_task(examples, config.model.task, path, config.data.format))
 
 
 def load_splits(config) -> Splits:

@@ -118,8 +118,8 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path, monkeypatch):
         return real_step(self, batch)
 
     monkeypatch.setattr(Model, "train_step", interrupted)
-    final = train(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path, progress=False)
-    assert final["interrupted"]
+    with pytest.raises(KeyboardInterrupt):  # the run stops (the CLI exits 130), after saving
+        train(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path, progress=False)
     model = load_model(tmp_path / "model-last")
     assert len(model.predict(["The cat sleeps ."])[0]["tags"]) == 4
 
