@@ -4,8 +4,9 @@
 
 Legend
     N          number of shards; shard I in 0..N-1 (a Slurm array task's index)
-    input      a file named on the command line or found in a folder named there (sorted by
-               name at every level, hidden files and folders skipped, symlinks followed, loops refused)
+    input      a file named on the command line or found in a folder named there
+               (tagger.data.readers.list_input_files: sorted, hidden files and folders
+               skipped, links followed but never round a loop; the same file twice is refused)
     unit       one piece of work for one shard: a whole input, or a *part* of a large input,
                i.e. the lines in bytes [start, end) of it, cut just after a newline
     digest     sha256 over the model folder's files (names, sizes, bytes)
@@ -30,8 +31,9 @@ finished unit: the model digest, the settings (format, encoding), and per output
 input, byte range, input size and mtime, records, tokens, seconds, size and sha256. An
 output counts as done only when a manifest (any shard's, any N) lists it with the same
 input, range and settings and the file has the recorded size and sha256; a rerun redoes
-the rest, so a resubmitted array task resumes. Outputs are written to
-DIR/.NAME.tmp-shard-I and renamed into place; a rerun removes its units' stale temps.
+the rest, so a resubmitted array task resumes. Outputs and manifests are written with
+tagger.fsutil.atomic_file (a temporary beside the target, renamed into place); a rerun
+removes the temporaries its units' killed writers left.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagger.errors import TaggerError
+from tagger.fsutil import atomic_file, atomic_write_text, cleanup_stale
 
 MANIFEST_DIR = ".tagger-shards"
 MANIFEST_VERSION = 1
@@ -120,16 +123,19 @@ class InputFile:
 
 
 def expand_inputs(inputs) -> list[InputFile]:
-    """Files and folders -> input files in order; folders sorted and walked recursively."""
+    """Files and folders -> input files in order; folders walked by list_input_files."""
+    from tagger.data.readers import list_input_files
+
     found: list[InputFile] = []
     seen: dict[tuple[int, int], Path] = {}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            before = len(found)
-            _walk(p, p, [], found, seen)
-            if len(found) == before:
+            files = list_input_files(p)
+            if not files:
                 raise TaggerError(f"{p}: folder has no files to predict")
+            for f in files:
+                _add(f, f.relative_to(p), found, seen)
         elif p.is_file():
             _add(p, Path(p.name), found, seen)
         elif p.is_symlink():
@@ -137,25 +143,6 @@ def expand_inputs(inputs) -> list[InputFile]:
         else:
             raise TaggerError(f"{p}: no such file or folder")
     return found
-
-
-def _walk(root: Path, folder: Path, stack: list, found: list, seen: dict) -> None:
-    st = folder.stat()
-    key = (st.st_dev, st.st_ino)
-    if key in stack:
-        raise TaggerError(f"{folder}: symlink loop (it leads back to a folder above it); remove the link")
-    stack.append(key)
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue  # hidden files, and the .tagger-shards of an output folder
-        path = Path(entry.path)
-        if entry.is_dir():
-            _walk(root, path, stack, found, seen)
-        elif entry.is_file():
-            _add(path, path.relative_to(root), found, seen)
-        elif entry.is_symlink():
-            raise TaggerError(f"{path}: broken symlink; point it at a file or remove it")
-    stack.pop()
 
 
 def _add(path: Path, rel: Path, found: list, seen: dict) -> None:
@@ -366,20 +353,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- resume
 _MANIFEST_RE = re.compile(r"^shard-(\d+)-of-(\d+)\.json$")
 
@@ -459,16 +432,10 @@ class ShardRun:
                     own = data.get("outputs", {})
         return known, own
 
-    def _temp(self, unit: Unit) -> Path:
-        target = self.out_dir / unit.output
-        return target.with_name(f".{target.name}.tmp-shard-{self.plan.shard}")
-
     def _remove_stale(self, unit: Unit) -> None:
-        # only this shard writes this unit, so any temp of it is left from a killed run
+        # only this shard writes this unit, so any temporary of it is left by a killed run
         target = self.out_dir / unit.output
-        if target.parent.is_dir():
-            for stale in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
-                stale.unlink(missing_ok=True)
+        cleanup_stale(target.parent, target.name, all_pids=True)
 
     def done(self, unit: Unit) -> bool:
         """True when an earlier run finished this unit with these inputs, settings and model."""
@@ -499,18 +466,10 @@ class ShardRun:
         """A writer for one unit's output: temp file, renamed into place and recorded on success."""
         target = self.out_dir / unit.output
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._temp(unit)
         t0 = time.perf_counter()
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                writer = UnitWriter(fh)
-                yield writer
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_file(target, "wb") as fh:  # bytes: what the sha256 and size count
+            writer = UnitWriter(fh)
+            yield writer
         entry = dict(unit.identity(), settings=self.settings, records=writer.records, tokens=writer.tokens,
                      seconds=round(time.perf_counter() - t0, 3), size=writer.size, sha256=writer.sha.hexdigest())
         self.entries[unit.output.as_posix()] = entry
@@ -531,7 +490,7 @@ class ShardRun:
             "seconds": round(time.time() - self.started, 3),
             "outputs": self.entries,
         }
-        atomic_write_json(self.path, data)
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         return data
 
 
@@ -546,15 +505,11 @@ class UnitWriter:
     def write(self, text: str, tokens: int = 0) -> None:
         """Write one record's text (it counts as one record with `tokens` tokens)."""
         data = text.encode("utf-8")
-        self.fh.write(text)
+        self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
         self.records += 1
         self.tokens += tokens
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # --------------------------------------------------------------------------- command line
