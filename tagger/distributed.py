@@ -6,9 +6,12 @@ Legend
     V, E       embedding rows and width; rows_r (n_r,) int64, the sorted unique rows rank r touched
     P          number of dense gradient values (every trainable slot but the embeddings), float32
 
-Each rank runs forward/backward on its share of every global batch with the loss divided by
-the *global* count (global_sum of the local counts), so that the sum of the ranks' gradients
-is the gradient of the whole batch. allreduce_gradients then sums:
+Every rank iterates the same global batches (same seed); DataParallel(model, world) is the
+`model` train_loop is handed: its train_step runs forward/backward on this rank's rows of
+the batch (share_batch), rescales the gradients from the share's mean loss to a share of
+the batch's mean loss (local count / global count: tokens when labels are per token,
+sentences otherwise), and sums them over the ranks, so every rank applies the whole
+batch's gradient. allreduce_gradients sums:
     dense slots  packed into one (P,) buffer, one Allreduce(SUM) in place
     embeddings   only the touched rows travel: allgather n_r, Allgatherv rows_r and their
                  (n_r, E) values, then every rank adds them up in rank order (the same
@@ -103,6 +106,59 @@ def share(n: int, rank: int, size: int) -> np.ndarray:
 
     Strided, so that a batch sorted by length gives every rank about the same tokens."""
     return np.arange(rank, n, size, dtype=np.int64)
+
+
+def share_batch(batch, rank: int, size: int):
+    """This rank's rows of a PaddedBatch (strided), padded again to their own longest row."""
+    from tagger.data.batching import pad_batch
+
+    rows = share(batch.size, rank, size)
+    ids = [batch.ids[r, : batch.lengths[r]] for r in rows]
+    labels = None
+    if batch.labels is not None:
+        per_token = batch.labels.ndim == 2
+        labels = [batch.labels[r, : batch.lengths[r]] if per_token else batch.labels[r] for r in rows]
+    return pad_batch(ids, labels, batch.index[rows])
+
+
+def loss_count(batch) -> int:
+    """What a batch's mean loss is averaged over: real tokens (per-token labels) or sentences."""
+    per_token = batch.labels is not None and batch.labels.ndim == 2
+    return batch.n_tokens if per_token else batch.size
+
+
+class DataParallel:
+    """Stands in for `model` on every rank (train_loop, evaluation, saving pass through):
+    train_step(batch) computes this rank's share and leaves the whole batch's gradient,
+    summed over the ranks, in the network; it returns the whole batch's mean loss."""
+
+    def __init__(self, model, w: World):
+        self.model = model
+        self.world = w
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def train_step(self, batch) -> float:
+        w = self.world
+        if w.size == 1:
+            return self.model.train_step(batch)
+        mine = share_batch(batch, w.rank, w.size)
+        local, total = loss_count(mine), loss_count(batch)
+        loss = 0.0
+        if mine.size:  # a batch smaller than the world leaves some ranks without rows
+            loss = self.model.train_step(mine)
+            if local != total:
+                _scale_gradients(self.model.network, local / total)
+        allreduce_gradients(w, self.model.network)
+        return global_sum(w, loss * local) / max(total, 1)
+
+
+def _scale_gradients(network, factor: float) -> None:
+    from tagger.optim import slots
+
+    for layer, k in slots(network):
+        layer.ops.scale_(layer.grads[k], factor, layer.grad_rows[k])
 
 
 def global_sum(w: World, value: float | int):

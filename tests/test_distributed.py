@@ -74,3 +74,33 @@ def test_launcher_detection_without_importing_mpi():
     assert not dist.launched_by_mpi({"SLURM_JOB_ID": "3"})
     assert dist.launched_by_mpi({"PMI_SIZE": "2"})
     assert dist.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"})
+
+
+def test_share_batch_splits_a_padded_batch_into_its_rows():
+    from tests.test_models import sentences, tiny_model
+
+    model = tiny_model(crf=False, ops="reference")
+    batch = next(iter(model.batches(sentences(9, seed=1), 9)))
+    parts = [dist.share_batch(batch, r, 3) for r in range(3)]
+    assert sorted(np.concatenate([p.index for p in parts]).tolist()) == sorted(batch.index.tolist())
+    rows = {int(i): (batch.ids[k, : batch.lengths[k]].tolist(), batch.labels[k, : batch.lengths[k]].tolist())
+            for k, i in enumerate(batch.index)}
+    for p in parts:
+        assert p.ids.shape[1] == p.lengths.max()  # padded to its own longest row
+        for k, i in enumerate(p.index):
+            assert (p.ids[k, : p.lengths[k]].tolist(), p.labels[k, : p.lengths[k]].tolist()) == rows[int(i)]
+    assert sum(dist.loss_count(p) for p in parts) == dist.loss_count(batch) == batch.n_tokens
+
+
+def test_data_parallel_in_one_process_is_the_model():
+    from tests.test_models import texts, tiny_classifier
+
+    a, b = tiny_classifier("last", ops="reference"), tiny_classifier("last", ops="reference")
+    batch = next(iter(a.batches(texts(6), 6)))
+    assert dist.loss_count(batch) == 6  # one label per text: the mean is over sentences
+    parallel = dist.DataParallel(b, dist.World(None))
+    assert parallel.train_step(batch) == a.train_step(batch)
+    assert parallel.labels is b.labels  # everything else passes through
+    for la, lb in zip(a.network.leaves(), b.network.leaves()):
+        for ga, gb in zip(la.grads, lb.grads):
+            assert np.array_equal(ga, gb)

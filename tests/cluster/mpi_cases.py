@@ -101,6 +101,41 @@ def data_parallel_step(w, args):
     return {"slots": len(expected)}
 
 
+def model_pairs():
+    """(name, model builder, examples) for the three heads: softmax tags, CRF tags, a classifier."""
+    from tests.test_models import sentences, texts, tiny_classifier, tiny_model
+
+    ref = dict(ops="reference", dtype=np.float64)
+    return [("tag", lambda: tiny_model(crf=False, **ref), sentences(11, seed=4)),
+            ("crf", lambda: tiny_model(crf=True, **ref), sentences(11, seed=5)),
+            ("classify", lambda: tiny_classifier("max", **ref), texts(11, seed=6))]
+
+
+@case
+def data_parallel_models(w, args):
+    """DataParallel(model).train_step on 2 ranks == model.train_step on the whole batch,
+    for every head (the per-token and per-sentence mean losses), plus a 1-row batch."""
+    from tagger.optim import slots
+
+    checked = []
+    for name, build, examples in model_pairs():
+        whole, parallel = build(), dist.DataParallel(build(), w)
+        for size in (len(examples), 1):  # a batch of one row leaves rank 1 with nothing
+            batch = next(iter(whole.batches(examples[:size], size)))
+            for m in (whole, parallel.model):
+                for layer, _ in slots(m.network):
+                    layer.zero_grad()
+            loss = whole.train_step(batch)
+            got = parallel.train_step(batch)
+            assert abs(got - loss) <= 1e-9 * max(1.0, abs(loss)), (name, size, got, loss)
+            for (la, k), (lb, _) in zip(slots(whole.network), slots(parallel.model.network)):
+                np.testing.assert_allclose(lb.grads[k], la.grads[k], rtol=1e-8, atol=1e-12,
+                                           err_msg=f"{name} batch {size}: {la.name}.{la.param_names[k]}")
+            checked.append(f"{name}/{size}")
+    dist.check_weights(w, [g for layer, k in slots(parallel.model.network) for g in [layer.grads[k]]])
+    return {"checked": checked}
+
+
 @case
 def checksum_mismatch(w, args):
     weights = [np.full((3, 4), 0.5, np.float32), np.arange(5, dtype=np.float32)]

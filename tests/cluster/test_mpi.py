@@ -8,7 +8,8 @@ from .conftest import REPO, json_lines, run_env
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 RANKS = 2
-CASES = ["world_size", "sparse_equals_dense", "data_parallel_step", "checksum_mismatch", "root_only_writes", "timing"]
+CASES = ["world_size", "sparse_equals_dense", "data_parallel_step", "data_parallel_models", "checksum_mismatch",
+         "root_only_writes", "timing"]
 
 
 @pytest.fixture(scope="module")

@@ -147,5 +147,5 @@ def test_distributed_cases_under_srun_pmi2(slurm, tmp_path):
            str(REPO / "tests" / "cluster" / "mpi_cases.py"), "--expect-size", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=tmp_path, timeout=120)
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert out.returncode == 0 and len(results) == 6, f"{out.stdout}\n{out.stderr}"
+    assert out.returncode == 0 and len(results) == 7, f"{out.stdout}\n{out.stderr}"
     assert all(r["ok"] and r["size"] == 2 for r in results), results
