@@ -12,7 +12,7 @@ the batch (share_batch), rescales the gradients from the share's mean loss to a 
 the batch's mean loss (local count / global count: tokens when labels are per token,
 sentences otherwise), and sums them over the ranks, so every rank applies the whole
 batch's gradient. allreduce_gradients sums:
-    dense slots  packed into one (P,) buffer, one Allreduce(SUM) in place
+    dense slots  Allreduce(SUM) in place, the small ones packed into one buffer first
     embeddings   only the touched rows travel: allgather n_r, Allgatherv rows_r and their
                  (n_r, E) values, then every rank adds them up in rank order (the same
                  arithmetic everywhere, so the weights stay bitwise identical)
@@ -36,6 +36,10 @@ import numpy as np
 
 from tagger.errors import TaggerError
 
+# arrays with fewer values are packed into one Allreduce; larger ones are reduced in place,
+# since copying 2.2 M floats in and out cost more than the reduction itself (measured: 5.9
+# ms packed vs about 1 ms in place on 2 ranks here)
+PACK_BELOW = 1 << 15
 # environment variables that MPI launchers set (hydra/srun pmi2: PMI_*, Open MPI, PMIx)
 _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -199,16 +203,25 @@ def allreduce_gradients(w: World, model) -> None:
 
 
 def allreduce_dense(w: World, grads: list[np.ndarray]) -> None:
-    """One Allreduce(SUM) of all the arrays packed into a (P,) buffer; results written back."""
+    """Allreduce(SUM) in place: each large contiguous array on its own (no copy), the small
+    ones packed into one (P_small,) buffer (one call's latency instead of many)."""
     if w.comm is None or not grads:
         return
     from mpi4py import MPI
 
-    flat = np.concatenate([g.reshape(-1) for g in grads])
+    small = []
+    for g in grads:  # the same order on every rank, so the calls match
+        if g.size >= PACK_BELOW and g.flags.c_contiguous:
+            w.comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
+        else:
+            small.append(g)
+    if not small:
+        return
+    flat = np.concatenate([g.reshape(-1) for g in small])
     w.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
     offset = 0
-    for g in grads:
-        g.reshape(-1)[...] = flat[offset : offset + g.size]
+    for g in small:
+        g[...] = flat[offset : offset + g.size].reshape(g.shape)
         offset += g.size
 
 

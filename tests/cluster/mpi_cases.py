@@ -39,7 +39,8 @@ def world_size(w, args):
 @case
 def sparse_equals_dense(w, args):
     """The touched-rows exchange gives exactly what a dense Allreduce of the table gives."""
-    V, E = 2000, 16
+    V, E = 4000, 16  # 64000 values: reduced in place (PACK_BELOW), not packed
+    assert V * E >= dist.PACK_BELOW
     rng = np.random.default_rng(100 + w.rank)
     rows = np.sort(rng.choice(np.arange(1, V), size=150 + 40 * w.rank, replace=False))
     grad = np.zeros((V, E), np.float32)
@@ -51,6 +52,12 @@ def sparse_equals_dense(w, args):
     expected = np.unique(np.concatenate(w.allgather(rows)))
     assert np.array_equal(union, expected)
     assert np.array_equal(np.flatnonzero(np.abs(dense).sum(1)), expected)
+    # packed and in-place arrays in one call: every value is the sum over ranks of rank + 1
+    arrays = [np.full(s, w.rank + 1, np.float32) for s in [(3, 5), (dist.PACK_BELOW,), (7,), (2, dist.PACK_BELOW)]]
+    arrays.append(np.full((40, 30), w.rank + 1, np.float32)[:, ::2])  # not contiguous: packed
+    dist.allreduce_dense(w, arrays)
+    total = w.size * (w.size + 1) / 2
+    assert all(np.all(a == total) for a in arrays), [float(a.min()) for a in arrays]
     return {"rows": int(len(union))}
 
 
@@ -202,6 +209,10 @@ def timing(w, args):
         return min(times) * 1e3, float(np.median(times)) * 1e3
 
     dense = best(lambda: dist.allreduce_dense(w, [flat]))
+    # a tagger's dense slots: BiLSTM kernels, recurrent kernels, biases, the output layer
+    shapes = [(100, 512), (128, 512), (512,)] * 2 + [(256, 18), (18,)]
+    slots = [np.ones(s, np.float32) for s in shapes]
+    mixed = best(lambda: dist.allreduce_dense(w, slots))
     table = best(lambda: dist.allreduce_dense(w, [grad]))
 
     def sparse_step():
@@ -209,7 +220,7 @@ def timing(w, args):
         dist.exchange_rows(w, grad, rows)
 
     sparse = best(sparse_step)
-    return {"dense_2.2M_ms": dense, "dense_embedding_20000x100_ms": table,
+    return {"dense_2.2M_ms": dense, "dense_embedding_20000x100_ms": table, "dense_bilstm_slots_240k_ms": mixed,
             f"sparse_{touched}_rows_x100_ms": sparse, "library": MPI.Get_library_version().splitlines()[0][:40]}
 
 
