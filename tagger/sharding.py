@@ -255,8 +255,10 @@ def _units(files: list[InputFile], cuts: list[int], suffix: str) -> list[Unit]:
     for f in files:
         if f.size == 0:  # owns no bytes: goes to the shard whose range holds its position
             pieces = [(min(bisect.bisect_right(cuts, pos) - 1, n - 1), 0, 0)]
-        else:
-            overlaps = ((j, max(cuts[j], pos) - pos, min(cuts[j + 1], pos + f.size) - pos) for j in range(n))
+        else:  # the shards from the one holding its first byte to the one holding its last
+            first, last = bisect.bisect_right(cuts, pos) - 1, bisect.bisect_left(cuts, pos + f.size) - 1
+            overlaps = ((j, max(cuts[j], pos) - pos, min(cuts[j + 1], pos + f.size) - pos)
+                        for j in range(first, min(last, n - 1) + 1))
             pieces = [(j, a, b) for j, a, b in overlaps if a < b]
         k = len(pieces)
         for part, (j, a, b) in enumerate(pieces):
