@@ -29,6 +29,8 @@ OP_NAMES = (
     "merge_backward",
     "pool_forward",
     "pool_backward",
+    "conv1d_forward",
+    "conv1d_backward",
     "dropout_mask",
     "mul",
     "adam_update",

@@ -1160,3 +1160,5 @@ def warmup(dtypes=(np.float32, np.float64)):
         sgd_update(p, g, st[0], 0.1, 0.9, 0.0, rows=rows)
         sum_of_squares(g)
         sum_of_squares(g, rows)
+
+from tagger.ops._conv_cpu import conv1d_backward, conv1d_forward  # noqa: E402,F401  (issue 10: the char CNN)
