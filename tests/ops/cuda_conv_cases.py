@@ -17,18 +17,13 @@ from tagger.errors import TaggerError
 from tagger.ops import cuda as C
 from tagger.ops import reference as R
 from tests.gradcheck import assert_grad_close, numeric_grad
+from tests.ops.cuda_device_cases import small_launches  # noqa: F401  (autouse: tiny launch shapes)
 from tests.ops.test_conv import case, spans, with_nan_padding
 
 if not C.is_available():
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
-
-
-@pytest.fixture(autouse=True)
-def small_launches(monkeypatch):
-    monkeypatch.setattr(C, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(C, "MAX_BLOCKS", 2)
 
 
 def run(ops, X, W, b, starts, lengths, padding, dY, dW0, db0):
@@ -95,3 +90,25 @@ def test_host_gradient_buffers_are_refused():
     Y = R.conv1d_forward(X, W, b, starts, lengths, "same")
     with pytest.raises(TaggerError, match="conv1d_backward: dW must be a device array"):
         C.conv1d_backward(Y, X, W, starts, lengths, "same", np.zeros_like(W), None)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_char_encoder_on_cuda_matches_reference(kind):
+    """The whole CharEncoder with ops='cuda' (conv1d, pooling, the LSTM, the row gather and
+    scatter-add on the device) against ops='reference': outputs and every gradient."""
+    from tagger.layers.chars import CharEncoder
+    from tagger.spans import Spans
+
+    ids = np.array([[[3, 1, 4, 0], [2, 0, 0, 0], [5, 5, 0, 0]], [[6, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    words = Spans.from_lengths([3, 1], 3)
+    out = {}
+    for backend in ("reference", "cuda"):
+        enc = CharEncoder(kind, char_vocab_size=7, char_dim=2, units=2, filters=3, width=3, ops=backend,
+                          dtype=np.float64, seed=4)
+        y, backprop = enc.forward(ids, words, train=True)
+        R = np.random.default_rng(0).normal(size=tuple(y.shape))
+        backprop(enc.ops.asarray(R))
+        out[backend] = (np.array(enc.ops.to_numpy(y)), [np.array(enc.ops.to_numpy(g)) for g in enc.grads])
+    np.testing.assert_allclose(out["cuda"][0], out["reference"][0], **TOL[np.float64])
+    for k, (a, b) in enumerate(zip(out["cuda"][1], out["reference"][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"grad {k}")
