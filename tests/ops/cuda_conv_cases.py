@@ -18,7 +18,7 @@ from tagger.ops import cuda as C
 from tagger.ops import reference as R
 from tests.gradcheck import assert_grad_close, numeric_grad
 from tests.ops.cuda_device_cases import small_launches  # noqa: F401  (autouse: tiny launch shapes)
-from tests.ops.test_conv import case, spans, with_nan_padding
+from tests.ops.conv_cases import case, spans, with_nan_padding
 
 if not C.is_available():
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
