@@ -30,7 +30,7 @@ import numpy as np
 from tagger.errors import TaggerError
 from tagger.spans import Spans
 
-from .base import Layer
+from .base import Layer, as_spans
 from .conv import Conv1D
 from .core import Dropout, Embedding
 from .pooling import GlobalMaxPooling1D
@@ -158,10 +158,7 @@ class CharEncoder(Layer):
     def forward(self, x, spans=None, train=True, mask=None, char_lengths=None):
         """`spans` (or a Keras `mask`) over the words; char_lengths (B, W), or None: the
         nonzero prefix of each word's ids."""
-        given = spans if mask is None else mask
-        if given is not None and not isinstance(given, Spans):
-            given = Spans.from_mask(given, int(x.shape[0]), int(x.shape[1]))
-        return self.call(x, given, train, char_lengths)
+        return self.call(x, as_spans(spans if mask is None else mask, tuple(x.shape)), train, char_lengths)
 
     def __call__(self, x, mask=None, char_lengths=None):
         """Inference; NumPy in, NumPy out (`mask` over the words, as Keras)."""
@@ -180,10 +177,11 @@ class CharEncoder(Layer):
         B, W, _ = ids.shape
         if chars.shape[0] == 0:  # no real word: nothing to encode, nothing to learn from
             return ops.zeros((B, W, self.output_dim), self.dtype), lambda dy: None
+        # one Spans of the gathered words' characters, handed to every layer after the embedding
+        char_spans = Spans.from_lengths(clen, chars.shape[1])
         h, backs = chars, []
-        for k, layer in enumerate(self._children()):
-            # the embedding derives nothing from ids here: the char lengths are the padding
-            h, back = layer.forward(h, None if k == 0 else clen, train)
+        for layer in self._children():
+            h, back = layer.forward(h, char_spans, train)
             backs.append(back)
         keep = ops.asarray(real[..., None].astype(self.dtype))
         out = ops.mul(ops.embedding_forward(h, ops.asarray(index)), keep)  # (B, W, F), 0 at padded words

@@ -24,7 +24,7 @@ from tagger.ops._conv_reference import PADDINGS, conv1d_output_length, conv1d_ou
 from tagger.ops.reference import ACTIVATIONS
 from tagger.spans import Spans
 
-from .base import Layer
+from .base import Layer, spans_of
 
 
 def conv_glorot_uniform(rng, shape):
@@ -33,13 +33,6 @@ def conv_glorot_uniform(rng, shape):
     fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape)
-
-
-def full_spans(spans, batch, timesteps):
-    """(starts, lengths) of `spans`, or of all-real rows when it is None."""
-    if spans is None:
-        spans = Spans.full(int(batch), int(timesteps))
-    return spans.starts, spans.lengths
 
 
 class Conv1D(Layer):
@@ -85,20 +78,13 @@ class Conv1D(Layer):
         starts, lengths = conv1d_output_spans(spans.starts, spans.lengths, spans.timesteps, self.kernel_size, self.padding)
         return Spans(starts, lengths, To)
 
-    def forward(self, x, spans=None, train=True, mask=None):
-        # until main's Layer.forward does it: a Keras mask or (B,) lengths -> Spans, once
-        given = spans if mask is None else mask
-        if given is not None and not isinstance(given, Spans):
-            given = Spans.from_mask(given, int(x.shape[0]), int(x.shape[1]))
-        return self.call(x, given, train)
-
     def call(self, x, spans, train):
         self.check_input(x, (3,), "input of shape (batch, timesteps, channels)")
         self.ensure_built(tuple(x.shape))
         if int(x.shape[-1]) != int(self.params[0].shape[1]):
             raise TaggerError(f"layer {self.name!r} expects {self.params[0].shape[1]} channels, got {x.shape[-1]}")
         ops = self.ops
-        starts, lengths = full_spans(spans, x.shape[0], x.shape[1])
+        starts, lengths = spans_of(spans, tuple(x.shape))
         kernel = self.params[0]
         bias = self.params[1] if self.use_bias else None
         z = ops.conv1d_forward(x, kernel, bias, starts, lengths, self.padding)

@@ -24,7 +24,7 @@ import numpy as np
 from tagger.errors import TaggerError
 from tagger.spans import Spans
 
-from .base import Layer
+from .base import Layer, as_spans
 
 
 def _inner_spans(inner_mask, outer, B, T, S):
@@ -54,6 +54,18 @@ class TimeDistributed(Layer):
         kwargs.setdefault("dtype", layer.dtype)
         super().__init__(**kwargs)
         self.layer = layer
+
+    def get_config(self):
+        from .sequential import serialize
+
+        return {**super().get_config(), "layer": serialize(self.layer)}
+
+    @classmethod
+    def from_config(cls, config):
+        from .sequential import deserialize
+
+        config = dict(config)
+        return cls(deserialize(config.pop("layer")), **config)
 
     def sublayers(self):
         # the weight-owning layers (Sequential.leaves() walks one level down)
@@ -87,10 +99,8 @@ class TimeDistributed(Layer):
         return spans
 
     def forward(self, x, spans=None, train=True, mask=None, inner_mask=None):
-        given = spans if mask is None else mask
-        if given is not None and not isinstance(given, Spans):
-            given = Spans.from_mask(given, int(x.shape[0]), int(x.shape[1]))
-        return self.call(x, given, train, inner_mask)
+        """Layer.forward plus `inner_mask`, the padding along the wrapped layer's own axis."""
+        return self.call(x, as_spans(spans if mask is None else mask, tuple(x.shape)), train, inner_mask)
 
     def call(self, x, spans, train, inner_mask=None):
         self.check_input(x, (3, 4, 5), "input of shape (batch, timesteps, ...)")
@@ -101,8 +111,7 @@ class TimeDistributed(Layer):
             if not rest:
                 raise TaggerError("TimeDistributed: inner_mask needs an input with an inner axis (batch, timesteps, steps, ...)")
             inner = _inner_spans(inner_mask, spans, B, T, rest[0])
-        # a boolean mask, which every layer of this branch's base API accepts (pre-merge)
-        y, back = self.layer.forward(x.reshape(B * T, *rest), None if inner is None else inner.mask(), train)
+        y, back = self.layer.forward(x.reshape(B * T, *rest), inner, train)
         out = y.reshape(B, T, *tuple(y.shape)[1:])
 
         def backprop(dy):

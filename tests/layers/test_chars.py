@@ -148,3 +148,13 @@ def test_refusals():
         enc(np.array([[[1, 2, 2]]]), char_lengths=np.array([[4]]))
     with pytest.raises(TaggerError, match="char ids must be integers"):
         enc(np.ones((1, 1, 3)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_config_rebuilds_the_encoder(kind):
+    enc = encoder(kind)
+    again = CharEncoder.from_config(enc.get_config())
+    assert again.get_config() == enc.get_config()
+    ids = char_ids()
+    again.ops, again.dtype = "reference", np.dtype(np.float64)
+    np.testing.assert_allclose(again(ids, mask=WORDS.mask()), enc(ids, mask=WORDS.mask()), rtol=1e-12)

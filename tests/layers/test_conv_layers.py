@@ -136,3 +136,12 @@ def test_time_distributed_refusals():
     td = TimeDistributed(Conv1D(2, 3, ops="reference"))
     with pytest.raises(TaggerError, match="inner_mask must be"):
         td.forward(np.ones((2, 3, 4, 2), np.float32), None, inner_mask=np.ones((2, 4), int))
+
+
+def test_configs_rebuild_the_layers():
+    conv = Conv1D(4, 3, padding="same", activation="tanh", use_bias=False, name="c", seed=5)
+    again = Conv1D.from_config(conv.get_config())
+    assert again.get_config() == conv.get_config()
+    td = TimeDistributed(Dense(3, name="d"), name="td")
+    rebuilt = TimeDistributed.from_config(td.get_config())
+    assert rebuilt.get_config() == td.get_config() and isinstance(rebuilt.layer, Dense)
