@@ -184,7 +184,7 @@ class CharEncoder(Layer):
             h, back = layer.forward(h, char_spans, train)
             backs.append(back)
         keep = ops.asarray(real[..., None].astype(self.dtype))
-        out = ops.mul(ops.embedding_forward(h, ops.asarray(index)), keep)  # (B, W, F), 0 at padded words
+        out = ops.mul(ops.embedding_forward(h, index), keep)  # (B, W, F), 0 at padded words (index: host ints)
 
         def backprop(dy):
             dh = ops.zeros(tuple(h.shape), self.dtype)

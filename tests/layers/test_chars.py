@@ -158,3 +158,27 @@ def test_config_rebuilds_the_encoder(kind):
     ids = char_ids()
     again.ops, again.dtype = "reference", np.dtype(np.float64)
     np.testing.assert_allclose(again(ids, mask=WORDS.mask()), enc(ids, mask=WORDS.mask()), rtol=1e-12)
+
+
+def test_tagger_chain_on_characters_gradients(backend):
+    """CharEncoder('cnn') -> BiLSTM (return_sequences) -> Dense in a Sequential handed the
+    batch's word spans: finite differences through every weight of the whole chain."""
+    from tagger.layers import Dense
+
+    ops = get_ops(backend)
+    model = Sequential([encoder("cnn", backend), Bidirectional(LSTM(2, return_sequences=True)), Dense(3)],
+                       ops=backend, dtype=np.float64, seed=3, input_shape=(4, 5))
+    ids = char_ids(seed=6)
+    R = np.random.default_rng(8).normal(size=(3, 4, 3)) * WORDS.mask()[..., None]  # real words only
+
+    def loss():
+        return float((np.asarray(ops.to_numpy(model.forward(ids, WORDS, train=True)[0])) * R).sum())
+
+    model.zero_grad()
+    y, backprop = model.forward(ids, WORDS, train=True)
+    assert tuple(y.shape) == model.compute_output_shape((3, 4, 5)) == (3, 4, 3)
+    backprop(ops.asarray(R))
+    assert [leaf.name for leaf in model.leaves()][:2] == [leaf.name for leaf in model.layers[0].sublayers()]
+    for leaf in model.leaves():
+        for k, name in enumerate(leaf.param_names):
+            assert_grad_close(np.array(ops.to_numpy(leaf.grads[k])), numeric_grad(loss, leaf.params[k]), f"{leaf.name}/{name}")
