@@ -48,7 +48,7 @@ def trained_pos(tmp_path_factory):
     out = tmp_path_factory.mktemp("pos")
     result = CliRunner().invoke(
         app,
-        ["train", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--training.epochs", "6", "--no-progress"],
+        ["train", str(REPO / "configs" / "sample_pos.yaml"), "--output", str(out), "--training.epochs", "6", "--no-progress"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
