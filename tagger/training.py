@@ -298,6 +298,9 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
     if splits.test:
         final["test"] = evaluate(best, splits.test)
     best.save(output_dir / BEST, metrics=final)
+    from tagger.plot import write_curves
+
+    write_curves(output_dir)  # curves.png, or a one-line note without matplotlib
     return final
 
 
