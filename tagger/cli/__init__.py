@@ -7,6 +7,7 @@
     tagger init-config [--task tag|classify] [--output FILE]
     tagger debug-data CONFIG
     tagger plot RUN... [--output curves.png] [--name LABEL ...]
+    tagger export MODEL model.onnx
 
 Every user error is printed as one line (`error: ...`) with exit status 1, never a traceback.
 """
@@ -23,7 +24,7 @@ app = typer.Typer(
 )
 
 from . import debug_data, evaluate, init_config, predict, summary, train  # noqa: E402,F401  (registers commands)
-from . import plot  # noqa: E402,F401
+from . import export, plot  # noqa: E402,F401
 
 
 def main():
