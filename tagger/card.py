@@ -149,6 +149,7 @@ def model_card(model_dir, command: str | None = None, date: str | None = None) -
     """The card's Markdown text. ``command`` defaults to this process's command line,
     ``date`` to now (UTC)."""
     from tagger.config import load_config
+    from tagger.tasks import train_scheme
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.yaml").is_file():
@@ -165,7 +166,7 @@ def model_card(model_dir, command: str | None = None, date: str | None = None) -
         "",
         f"* **Task:** `{task}` ({what}), data format `{config.data.format}`"
         + (f", label column `{config.data.label_column}`" if config.data.label_column is not None else "")
-        + (f", tag scheme `{config.data.train_scheme}`" if config.data.scheme != "none" else ""),
+        + (f", tag scheme `{train_scheme(config.data)}`" if config.data.scheme != "none" else ""),
         f"* **Architecture:** {arch}; {_parameters(model_dir)} parameters",
         f"* **Seed:** {config.training.seed} (training is deterministic for a config and seed)",
         f"* **Speed:** {_speed(model_dir)}",

@@ -89,11 +89,6 @@ class DataConfig(Section):
             )
         return self
 
-    @property
-    def train_scheme(self) -> str:
-        """The scheme the model is trained and predicts in."""
-        return self.target_scheme or self.scheme
-
     def reader_options(self) -> dict[str, Any]:
         """Keyword options for :func:`tagger.data.readers.read_examples` with ``format``."""
         fmt = self.format
@@ -166,20 +161,20 @@ class ModelConfig(Section):
 
 class TrainingConfig(Section):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam | sgd")
-    lr: float = Field(0.001, gt=0.0, description="learning rate")
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
+    lr: float = Field(0.001, gt=0.0, allow_inf_nan=False, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="L2 weight decay")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum")
     batch_size: int = Field(32, ge=1, description="sentences per batch, or tokens (B*T) with batch_unit tokens")
     batch_unit: Literal["sentences", "tokens"] = Field("sentences", description="sentences | tokens")
     epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many updates (null = no limit)")
     patience: int | None = Field(3, ge=1, description="stop after this many evaluations without improvement")
-    clip_norm: float | None = Field(5.0, gt=0.0, description="clip the global gradient norm (null = off)")
+    clip_norm: float | None = Field(5.0, gt=0.0, allow_inf_nan=False, description="clip the global gradient norm (null = off)")
     lr_schedule: Literal["none", "plateau"] = Field("none", description="none | plateau (reduce on plateau)")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: multiply lr by this")
-    lr_patience: int = Field(1, ge=1, description="plateau: evaluations without improvement before reducing")
-    min_lr: float = Field(1.0e-5, ge=0.0, description="plateau: lower bound of lr")
-    seed: int = Field(0, description="seed for initialisation, shuffling and the dev split")
+    lr_patience: int = Field(1, ge=1, description="plateau: evaluations without improvement tolerated; the lr drops at the next one (PyTorch's meaning)")
+    min_lr: float = Field(1.0e-5, ge=0.0, allow_inf_nan=False, description="plateau: lower bound of lr")
+    seed: int = Field(0, ge=0, description="seed for initialisation, shuffling and the dev split")
     eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or each epoch")
     unk_replace: float = Field(
         0.0, ge=0.0, lt=1.0,
@@ -419,6 +414,48 @@ def parse_config(
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key (or section) given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key; SafeLoader reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first, line):
+        super().__init__(key, first, line)
+        self.key, self.first, self.line = key, first, line
+
+
+def safe_load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicated keys; every problem is one ConfigError line
+    naming ``SOURCE:LINE`` (PyYAML alone silently keeps the last of two equal keys)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as dup:
+        raise ConfigError(
+            f"{source}:{dup.line}: duplicate key {dup.key!r} (first given on line {dup.first}); keep only one"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}{line}: invalid YAML ({problem})") from None
+
+
 def load_config(
     path: str | os.PathLike,
     overrides: Iterable[str] | Mapping[str, Any] = (),
@@ -435,13 +472,9 @@ def load_config(
         raise ConfigError(f"{source}: is a folder, expected a YAML config file") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: not UTF-8 text ({err.reason}); save the config as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{source}{line}: invalid YAML ({problem})") from None
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read the config ({err.strerror})") from None
+    raw = safe_load_yaml(text, source)
     return parse_config(raw, path.parent, corpora_root, overrides, source)
 
 

@@ -109,57 +109,67 @@ def span_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], sc
     elif scheme not in ("iob1", "bio"):
         raise ValueError(f"span_scores needs scheme iob1, bio or bioes, not {scheme!r}")
 
-    correct_chunk: Counter = Counter()
-    found_correct: Counter = Counter()
-    found_guessed: Counter = Counter()
-    correct_tags = tokens = 0
-    in_correct = False
-    last_c, last_ct, last_g, last_gt = "O", "", "O", ""
-
-    def step(correct: str, c_type: str, guessed: str, g_type: str) -> None:
-        nonlocal in_correct
-        end_c = end_of_chunk(last_c, correct, last_ct, c_type)
-        end_g = end_of_chunk(last_g, guessed, last_gt, g_type)
-        start_c = start_of_chunk(last_c, correct, last_ct, c_type)
-        start_g = start_of_chunk(last_g, guessed, last_gt, g_type)
-        if in_correct:
-            if end_c and end_g and last_gt == last_ct:
-                in_correct = False
-                correct_chunk[last_ct] += 1
-            elif end_c != end_g or g_type != c_type:
-                in_correct = False
-        if start_c and start_g and g_type == c_type:
-            in_correct = True
-        if start_c:
-            found_correct[c_type] += 1
-        if start_g:
-            found_guessed[g_type] += 1
-
+    counts = _ConllevalCounts()
     for g_sent, p_sent in zip(gold, pred):
         for g_tag, p_tag in zip(g_sent, p_sent):
-            correct, c_type = split_tag(g_tag)
-            guessed, g_type = split_tag(p_tag)
-            step(correct, c_type, guessed, g_type)
-            if correct == guessed and g_type == c_type:
-                correct_tags += 1
-            tokens += 1
-            last_c, last_ct, last_g, last_gt = correct, c_type, guessed, g_type
+            counts.token(g_tag, p_tag)
         # the blank line between sentences: conlleval reads it as O / O, not counted as a token
-        step("O", "", "O", "")
-        last_c, last_ct, last_g, last_gt = "O", "", "O", ""
-    if in_correct:  # conlleval's end-of-file rule (unreachable after a boundary, kept for fidelity)
-        correct_chunk[last_ct] += 1
+        counts.step("O", "", "O", "")
+    if counts.in_correct:  # conlleval's end-of-file rule (unreachable after a boundary, kept for fidelity)
+        counts.correct_chunk[counts.last[1]] += 1
 
     def rates(c: int, fg: int, fp: int) -> dict:
         prec, rec = _ratio(c, fp), _ratio(c, fg)
         return {"precision": prec, "recall": rec, "f1": _f1(prec, rec), "correct": c, "found_gold": fg, "found_pred": fp}
 
+    found_correct, found_guessed, correct_chunk = counts.found_correct, counts.found_guessed, counts.correct_chunk
     per_type = {
         t: rates(correct_chunk[t], found_correct[t], found_guessed[t])
         for t in sorted(set(found_correct) | set(found_guessed))
     }
     overall = rates(sum(correct_chunk.values()), sum(found_correct.values()), sum(found_guessed.values()))
-    return {**overall, "accuracy": _ratio(correct_tags, tokens), "tokens": tokens, "per_type": per_type}
+    return {**overall, "accuracy": _ratio(counts.correct_tags, counts.tokens), "tokens": counts.tokens, "per_type": per_type}
+
+
+class _ConllevalCounts:
+    """conlleval's chunk bookkeeping, one (gold, guessed) tag pair at a time, with its
+    variable names: a chunk is correct when both start and end together with one type."""
+
+    def __init__(self):
+        self.correct_chunk: Counter = Counter()
+        self.found_correct: Counter = Counter()
+        self.found_guessed: Counter = Counter()
+        self.correct_tags = self.tokens = 0
+        self.in_correct = False
+        self.last = ("O", "", "O", "")  # last correct tag, its type, last guessed tag, its type
+
+    def token(self, g_tag: str, p_tag: str) -> None:
+        correct, c_type = split_tag(g_tag)
+        guessed, g_type = split_tag(p_tag)
+        self.step(correct, c_type, guessed, g_type)
+        if correct == guessed and g_type == c_type:
+            self.correct_tags += 1
+        self.tokens += 1
+
+    def step(self, correct: str, c_type: str, guessed: str, g_type: str) -> None:
+        last_c, last_ct, last_g, last_gt = self.last
+        end_c = end_of_chunk(last_c, correct, last_ct, c_type)
+        end_g = end_of_chunk(last_g, guessed, last_gt, g_type)
+        start_c = start_of_chunk(last_c, correct, last_ct, c_type)
+        start_g = start_of_chunk(last_g, guessed, last_gt, g_type)
+        if self.in_correct:
+            if end_c and end_g and last_gt == last_ct:
+                self.in_correct = False
+                self.correct_chunk[last_ct] += 1
+            elif end_c != end_g or g_type != c_type:
+                self.in_correct = False
+        if start_c and start_g and g_type == c_type:
+            self.in_correct = True
+        if start_c:
+            self.found_correct[c_type] += 1
+        if start_g:
+            self.found_guessed[g_type] += 1
+        self.last = (correct, c_type, guessed, g_type)
 
 
 def conlleval_text(scores: dict) -> str:

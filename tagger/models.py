@@ -1,4 +1,4 @@
-"""Tagger (a label per token) and Classifier (a label per text), built from a config.
+"""The network and the task, built from a config; no I/O.
 
     tag:       ids (B, T) -> Embedding -> Dropout -> [BiLSTM, return_sequences] x L
                -> Dropout -> Dense(K)                       -> scores (B, T, K)
@@ -9,30 +9,85 @@
                emissions; the loss is the CRF's, tags come from Viterbi decoding and
                their probabilities are the CRF's per-token marginals
 
-A `Model` bundles the network with its vocabularies and resolved config: it encodes
-examples, runs training steps, and predicts in input order.
+Which of these a network ends with is the task's answer (`tagger.tasks.head_spec`). A
+`Model` bundles the network with its vocabularies, its task (`model.labeller`, a
+TagTask or ClassifyTask) and the resolved config: it encodes examples, runs training
+steps through `Model.forward` (the one place the network is called), predicts in input
+order and scores. Saving and loading are tagger.io's, files to predict tagger.predict's.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from tagger.data.batching import PaddedBatch, make_batches
-from tagger.data.schemes import convert
+from tagger.data.prepare import examples_from_texts
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
 from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential)
+from tagger.tasks import Task, crf_of, head_spec, make_task
 
 POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
 
 
+# ----------------------------------------------------------------------------------------
+# sizes: checked against free memory before anything is allocated
+def parameter_count(mcfg, n_words: int, n_labels: int) -> int:
+    """Weights of the network `mcfg` describes, without building it."""
+    e, h = mcfg.embedding_dim, mcfg.lstm_units
+    width = 2 * h if mcfg.merge_mode == "concat" else h  # what each BiLSTM passes on
+
+    def bilstm(inputs):
+        return 2 * (inputs * 4 * h + h * 4 * h + 4 * h)
+
+    count = n_words * e + bilstm(e) + (mcfg.layers - 1) * bilstm(width)
+    count += width * n_labels + n_labels
+    if getattr(mcfg, "crf", False):
+        count += n_labels * n_labels + 2 * n_labels
+    return count
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate (MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+# weights, gradients and two Adam moments
+COPIES_IN_TRAINING = 4
+
+
+def check_network_fits(mcfg, n_words: int, n_labels: int, dtype=np.float32, copies: int = COPIES_IN_TRAINING, source="model"):
+    """Refuse, before allocating anything, a network whose weights cannot fit in memory."""
+    n = parameter_count(mcfg, n_words, n_labels)
+    need = n * np.dtype(dtype).itemsize * copies
+    have = available_memory()
+    if need > have:
+        raise TaggerError(
+            f"{source}: model.lstm_units {mcfg.lstm_units}, model.embedding_dim {mcfg.embedding_dim}, "
+            f"model.layers {mcfg.layers} with {n_words} words make {n:,} weights ({need / 2**30:,.1f} GiB "
+            f"with gradients and optimizer state), more than the {have / 2**30:,.1f} GiB of free memory; make them smaller"
+        )
+    return n
+
+
 def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
     """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match."""
-    classify = mcfg.task == "classify"
-    pooled = classify and mcfg.pooling != "last"
+    check_network_fits(mcfg, n_words, n_labels, dtype, copies=1)  # refuse before allocating
+    head = head_spec(mcfg)
     layers = [
         Embedding(
             n_words, mcfg.embedding_dim, mask_zero=True, weights=embeddings,
@@ -44,33 +99,41 @@ def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, 
         last = k == mcfg.layers - 1
         lstm = LSTM(
             mcfg.lstm_units,
-            return_sequences=not (classify and last) or pooled,
+            return_sequences=not last or head.sequences,
             recurrent_dropout=mcfg.recurrent_dropout,
             name=f"lstm_{k + 1}",
         )
         layers.append(Bidirectional(lstm, merge_mode=mcfg.merge_mode, name=f"bilstm_{k + 1}"))
-    if pooled:
+    if head.pooling is not None:
         # An explicit seed (it draws nothing) takes none from the stack's seed sequence, so
         # the layers after it get the same seeds, and initial weights, as with pooling: last.
-        layers.append(POOLING_LAYERS[mcfg.pooling](name="pooling", seed=0))
+        layers.append(POOLING_LAYERS[head.pooling](name="pooling", seed=0))
     layers += [Dropout(mcfg.dropout, name="output_dropout"), Dense(n_labels, name="output")]
-    if mcfg.crf:  # appended last: the seeds (and weights) of the layers before it are unchanged
+    if head.crf:  # appended last: the seeds (and weights) of the layers before it are unchanged
         layers.append(CRF(n_labels, name="crf"))
     return Sequential(layers, input_shape=(None,), seed=seed, ops=ops, dtype=dtype, name=mcfg.task)
 
 
 class Model:
-    """Network + vocabularies + resolved config: what a model directory holds."""
+    """Network + vocabularies + task + resolved config: what a model directory holds.
+
+    No I/O here (tagger.io saves and loads, tagger.predict reads and writes files).
+    """
 
     def __init__(self, config, words: WordVocab, labels: LabelVocab, network: Sequential):
         self.config = config
         self.words = words
-        self.labels = labels
         self.network = network
+        self.labeller: Task = make_task(config, labels)
+
+    @property
+    def labels(self) -> LabelVocab:
+        return self.labeller.labels
 
     @property
     def task(self) -> str:
-        return self.config.model.task
+        """The task's name ("tag" | "classify"), as saved in the weights' metadata."""
+        return self.labeller.name
 
     @property
     def ops(self):
@@ -79,87 +142,36 @@ class Model:
     @property
     def crf(self) -> CRF | None:
         """The network's CRF output layer, or None (softmax output)."""
-        last = self.network.layers[-1] if self.network.layers else None
-        return last if isinstance(last, CRF) else None
-
-    # -- labels and schemes ----------------------------------------------------------
-    @property
-    def data_scheme(self) -> str:
-        return self.config.data.scheme
-
-    @property
-    def train_scheme(self) -> str:
-        return self.config.data.target_scheme or self.config.data.scheme
-
-    def to_train_scheme(self, tags: Sequence[str]) -> list[str]:
-        if self.train_scheme == self.data_scheme or self.data_scheme == "none":
-            return list(tags)
-        return convert(tags, self.data_scheme, self.train_scheme)
-
-    def to_data_scheme(self, tags: Sequence[str]) -> list[str]:
-        if self.train_scheme == self.data_scheme or self.data_scheme == "none":
-            return list(tags)
-        return convert(tags, self.train_scheme, self.data_scheme)
+        return crf_of(self.network)
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, examples: Sequence[Example], with_labels=True):
+        """(word ids per example, label ids per example or None)."""
         ids = self.words.encode_batch([ex.tokens for ex in examples])
-        if not with_labels:
-            return ids, None
-        if self.task == "tag":
-            labels = []
-            for ex in examples:
-                if ex.labels is None:
-                    raise TaggerError(f"{ex.source or 'input'}: sentence has no labels")
-                labels.append(self.labels.encode(self.to_train_scheme(ex.labels), fallback=self._fallback()))
-        else:
-            labels = []
-            for ex in examples:
-                if ex.label is None:
-                    raise TaggerError(f"{ex.source or 'input'}: text has no label")
-                labels.append(self.labels.encode_one(ex.label))
-        return ids, labels
-
-    def _fallback(self):
-        # an entity type unseen in training is scored as a miss ("O"), never a crash
-        return "O" if "O" in self.labels else None
+        return ids, (self.labeller.encode(examples) if with_labels else None)
 
     def batches(self, examples, batch_size, unit="sentences", shuffle=False, seed=0, with_labels=True):
         ids, labels = self.encode(examples, with_labels)
         return make_batches(ids, labels, batch_size=batch_size, unit=unit, shuffle=shuffle, seed=seed)
 
     # -- running ----------------------------------------------------------------------
+    def forward(self, batch: PaddedBatch, train: bool):
+        """(scores (B, T, K) or (B, C) on the backend, backprop): every network call goes here.
+        The host ids and the batch's spans go in as they are (the Embedding moves the ids)."""
+        return self.network.forward(batch.ids, batch.spans, train=train)
+
     def train_step(self, batch: PaddedBatch) -> float:
         """Forward + backward on one batch; gradients accumulate in the network. Returns the loss."""
-        ops = self.ops
-        scores, backprop = self.network.forward(ops.asarray(batch.ids), train=True)
-        crf = self.crf
-        if crf is not None:  # host NumPy: the scores are only B*T*K
-            loss, dscores = crf.loss(scores, batch.labels, batch.lengths)
-            backprop(ops.asarray(dscores))
-            return loss
-        labels = ops.asarray(batch.labels)
-        mask = batch.mask if self.task == "tag" else None
-        loss, dscores = ops.softmax_xent(scores, labels, mask)
+        scores, backprop = self.forward(batch, train=True)
+        loss, dscores = self.labeller.loss(scores, batch, self.network)
         backprop(dscores)
         return loss
 
     def probabilities(self, batch: PaddedBatch) -> np.ndarray:
         """Softmax scores (B, T, K) or (B, C) as NumPy, rows in batch order; with a CRF,
         the per-token tag marginals (0 at padded steps)."""
-        return self._scores(batch)[1]
-
-    def _scores(self, batch: PaddedBatch):
-        """(best label ids (B, T) or (B,), probabilities) as NumPy: the argmax of the
-        softmax, or with a CRF the Viterbi paths and the marginals."""
-        ops = self.ops
-        scores, _ = self.network.forward(ops.asarray(batch.ids), train=False)
-        crf = self.crf
-        if crf is not None:
-            emissions = ops.to_numpy(scores)
-            return crf.decode(emissions, batch.lengths), crf.marginals(emissions, batch.lengths)
-        probs = np.asarray(ops.to_numpy(ops.softmax(scores)))
-        return probs.argmax(axis=-1), probs
+        scores, _ = self.forward(batch, train=False)
+        return self.labeller.head.decode(scores, batch, self.network)[1]
 
     def predict_examples(self, examples: Sequence[Example], batch_size=256):
         """Per example, in input order: (labels in the data's scheme, probabilities).
@@ -170,40 +182,22 @@ class Model:
         examples = list(examples)
         out: list = [None] * len(examples)
         nonempty = [k for k, ex in enumerate(examples) if len(ex.tokens)]
-        for k in set(range(len(examples))) - set(nonempty):
-            if self.task == "classify":
-                raise TaggerError(f"{examples[k].source or 'input'}: empty text cannot be classified")
-            out[k] = ([], [])
+        for k in sorted(set(range(len(examples))) - set(nonempty)):
+            out[k] = self.labeller.empty_prediction(examples[k])
         kept = [examples[k] for k in nonempty]
         for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False):
-            best, probs = self._scores(batch)
-            for row, pos in enumerate(batch.index):
-                k = nonempty[int(pos)]
-                if self.task == "tag":
-                    n = int(batch.lengths[row])
-                    tags = self.to_data_scheme(self.labels.decode(best[row, :n]))
-                    conf = probs[row, np.arange(n), best[row, :n]].tolist()
-                    out[k] = (tags, conf)
-                else:
-                    out[k] = (self.labels.labels[int(best[row])], float(probs[row, best[row]]))
+            scores, _ = self.forward(batch, train=False)
+            for pos, pred in zip(batch.index, self.labeller.decode(scores, batch, self.network)):
+                out[nonempty[int(pos)]] = pred
         return out
 
     def predict(self, texts: Iterable[str]) -> list[dict]:
-        """Raw texts -> one dict each: tokens, offsets, tags, spans (tag) or label, probability (classify)."""
-        from tagger.predict import examples_from_texts, prediction_record
+        """Raw texts -> one record each: tokens, offsets, tags, probs, spans (tag) or
+        text, label, probability (classify)."""
+        examples = examples_from_texts(list(texts))
+        return [self.labeller.record(ex, pred) for ex, pred in zip(examples, self.predict_examples(examples))]
 
-        texts = list(texts)
-        examples = examples_from_texts(texts)
-        return [prediction_record(self, ex, pred) for ex, pred in zip(examples, self.predict_examples(examples))]
-
-    # -- persistence ------------------------------------------------------------------
-    def save(self, path, metrics=None):
-        from tagger.io import save_model
-
-        save_model(self, path, metrics)
-
-    @classmethod
-    def load(cls, path, device="cpu"):
-        from tagger.io import load_model
-
-        return load_model(path, device=device)
+    def evaluate(self, examples: Sequence[Example], batch_size=256) -> dict:
+        """The task's scores on labelled examples; `score` is what early stopping watches."""
+        examples = list(examples)
+        return self.labeller.score(examples, self.predict_examples(examples, batch_size=batch_size))

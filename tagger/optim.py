@@ -5,6 +5,15 @@ Sequential, or a list of layers) and updates each trainable parameter in place t
 the layer's ops backend. Embedding gradients are sparse: a layer records in
 `grad_rows[k]` which rows a batch touched, and the lazy update touches only those rows
 (on a 20k x 100 table a dense Adam step costs more than the whole LSTM).
+
+State: `Optimizer.get_state()` is a dict of plain NumPy arrays named
+`layer/param/slot` (Adam: m, v; SGD: velocity) plus `step` and `lr`; `set_state()`
+takes the same dict (moments are placed on a parameter's backend when it is first
+updated), so a checkpoint can hold the optimizer beside the weights.
+
+Patience: one rule for "improved" and "exhausted", used by early stopping (training)
+and ReduceOnPlateau: a score improves when it is strictly greater than the best so
+far; patience `n` is exhausted after `n` evaluations in a row without improvement.
 """
 from __future__ import annotations
 
@@ -48,20 +57,59 @@ def clip_by_global_norm(model, max_norm):
 
 
 class Optimizer:
+    """One update per `step(model)` over every trainable parameter; state per parameter
+    in SLOTS arrays on the parameter's backend, created at its first update."""
+
+    SLOTS: tuple[str, ...] = ()  # names of the per-parameter state arrays
+
     def __init__(self, lr, weight_decay=0.0):
         if lr <= 0:
             raise TaggerError(f"learning rate must be positive, got {lr}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.step_count = 0
-        self.state: dict = {}
+        self.state: dict = {}  # (id(layer), k) -> [slot arrays on the layer's backend]
+        self.names: dict = {}  # (id(layer), k) -> ("layer/param", the layer's ops)
+        self.pending: dict[str, np.ndarray] = {}  # from set_state, placed at first use
 
-    def _state(self, layer, k, n):
+    def _state(self, layer, k):
         key = (id(layer), k)
         if key not in self.state:
             p = layer.params[k]
-            self.state[key] = [layer.ops.zeros(tuple(p.shape), dtype=p.dtype) for _ in range(n)]
+            name = f"{layer.name}/{layer.param_names[k]}"
+            arrays = []
+            for slot in self.SLOTS:
+                saved = self.pending.pop(f"{name}/{slot}", None)
+                if saved is None:
+                    arrays.append(layer.ops.zeros(tuple(p.shape), dtype=p.dtype))
+                    continue
+                if tuple(saved.shape) != tuple(p.shape):
+                    raise TaggerError(f"optimizer state {name}/{slot}: shape {tuple(saved.shape)}, the parameter is {tuple(p.shape)}")
+                arrays.append(layer.ops.asarray(saved, dtype=p.dtype))
+            self.state[key], self.names[key] = arrays, (name, layer.ops)
         return self.state[key]
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Every state array as a NumPy copy, named `layer/param/slot`, plus `step` and `lr`."""
+        out = {"step": np.array(self.step_count, dtype=np.int64), "lr": np.array(self.lr, dtype=np.float64)}
+        for key, arrays in self.state.items():
+            name, ops = self.names[key]
+            for slot, arr in zip(self.SLOTS, arrays):
+                out[f"{name}/{slot}"] = np.array(ops.to_numpy(arr))
+        out.update({name: np.array(arr) for name, arr in self.pending.items()})
+        return out
+
+    def set_state(self, state: dict) -> None:
+        """Restore what get_state returned (before the first step, or between steps)."""
+        if "step" not in state or "lr" not in state:
+            raise TaggerError("optimizer state: needs 'step' and 'lr' (as written by get_state)")
+        for name in state:
+            if name not in ("step", "lr") and name.rpartition("/")[2] not in self.SLOTS:
+                raise TaggerError(f"optimizer state {name}: not a {type(self).__name__} slot ({', '.join(self.SLOTS)})")
+        self.step_count = int(state["step"])
+        self.lr = float(state["lr"])
+        self.state, self.names = {}, {}
+        self.pending = {name: np.asarray(arr) for name, arr in state.items() if name not in ("step", "lr")}
 
     def step(self, model):
         """Apply one update from the accumulated gradients, then zero them."""
@@ -78,6 +126,8 @@ class Optimizer:
 
 
 class Adam(Optimizer):
+    SLOTS = ("m", "v")
+
     """Adam with decoupled weight decay (AdamW). Keras' defaults: lr 1e-3, eps 1e-7.
 
     lazy=True: sparse gradients (embedding rows) update only the touched rows, moments
@@ -89,7 +139,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps, self.lazy = beta1, beta2, eps, lazy
 
     def update(self, layer, k):
-        m, v = self._state(layer, k, 2)
+        m, v = self._state(layer, k)
         rows = layer.grad_rows[k] if self.lazy else None
         if rows is not None and len(rows) == 0:
             return
@@ -100,6 +150,8 @@ class Adam(Optimizer):
 
 
 class SGD(Optimizer):
+    SLOTS = ("velocity",)
+
     """SGD with momentum (heavy ball) and decoupled weight decay; lazy rows as in Adam."""
 
     def __init__(self, lr=0.1, momentum=0.9, weight_decay=0.0, lazy=True):
@@ -107,7 +159,7 @@ class SGD(Optimizer):
         self.momentum, self.lazy = momentum, lazy
 
     def update(self, layer, k):
-        (velocity,) = self._state(layer, k, 1)
+        (velocity,) = self._state(layer, k)
         rows = layer.grad_rows[k] if self.lazy else None
         if rows is not None and len(rows) == 0:
             return
@@ -124,22 +176,50 @@ def make_optimizer(name, lr, weight_decay=0.0, momentum=0.9):
     raise TaggerError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 
-class ReduceOnPlateau:
-    """Multiply the lr by `factor` when the watched score has not improved for `patience` evaluations."""
+class Patience:
+    """Counts evaluations without improvement.
 
-    def __init__(self, optimizer, factor=0.5, patience=1, min_lr=1e-6):
-        self.optimizer, self.factor, self.patience, self.min_lr = optimizer, factor, patience, min_lr
-        self.best = -np.inf
+    improved:  score > best so far (strictly; the first score always improves)
+    exhausted: `limit` evaluations in a row without improvement (`bad >= limit`);
+               never with limit None
+    """
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.best = -math.inf
         self.bad = 0
 
-    def observe(self, score):
-        """Returns True when the lr was reduced."""
+    def observe(self, score: float) -> bool:
+        """Record one evaluation's score; True when it improved on the best."""
         if score > self.best:
             self.best, self.bad = score, 0
-            return False
-        self.bad += 1
-        if self.bad > self.patience and self.optimizer.lr > self.min_lr:
-            self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
-            self.bad = 0
             return True
+        self.bad += 1
         return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.bad >= self.limit
+
+
+class ReduceOnPlateau:
+    """Multiply the lr by `factor` when the watched score stops improving.
+
+    `patience` keeps its historical (PyTorch ReduceLROnPlateau) meaning: the number of
+    evaluations without improvement that are *tolerated*; the lr drops at the next one,
+    i.e. after patience + 1 in a row (training.lr_patience 1: after two). That is a
+    Patience(patience + 1); after a reduction the count starts again. At min_lr the lr
+    stays and the count keeps growing.
+    """
+
+    def __init__(self, optimizer, factor=0.5, patience=1, min_lr=1e-6):
+        self.optimizer, self.factor, self.min_lr = optimizer, factor, min_lr
+        self.patience = Patience(patience + 1)
+
+    def observe(self, score) -> bool:
+        """Returns True when the lr was reduced."""
+        if self.patience.observe(score) or not self.patience.exhausted or self.optimizer.lr <= self.min_lr:
+            return False
+        self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
+        self.patience.bad = 0
+        return True

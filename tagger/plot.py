@@ -138,8 +138,13 @@ def _save(fig, output: Path) -> Path:
 
 
 def write_curves(run_dir: str | os.PathLike) -> Path | None:
-    """``run_dir/curves.png`` when matplotlib is installed; else a one-line note and None."""
+    """``run_dir/curves.png`` when matplotlib is installed and an evaluation was logged;
+    else a one-line note and None (the plot never fails a training run)."""
     if not matplotlib_available():
         print("note: curves.png not drawn (matplotlib is not installed: pip install 'tagger[plot]')", file=sys.stderr)
         return None
-    return plot_runs([run_dir], Path(run_dir) / FILENAME)
+    try:
+        return plot_runs([run_dir], Path(run_dir) / FILENAME)
+    except TaggerError as err:  # e.g. stopped before the first evaluation
+        print(f"note: curves.png not drawn ({err})", file=sys.stderr)
+        return None

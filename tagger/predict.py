@@ -5,6 +5,10 @@ Input: text files (or folders of them), one sentence (tagging) or one text
 read and predicted in chunks, so memory stays constant however large the file; a very
 long line is predicted whole, never cut.
 
+What a record holds and how it is written per format is the task's
+(`tagger.tasks`); this module reads the inputs and writes the outputs.
+Raw texts in memory: `tagger.load(path).predict(["..."])` (Model.predict).
+
 Each input gets one output, written to a temporary file and renamed into place when
 complete, so an interrupted run never leaves a half-written output.
 
@@ -18,73 +22,18 @@ Formats:
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tagger.data.readers import iter_lines
-from tagger.data.schemes import spans as tag_spans
-from tagger.data.types import Example
-from tagger.data.vocab import pretokenize
+from tagger.data.prepare import examples_from_texts
+from tagger.data.readers import iter_lines, list_input_files
 from tagger.errors import TaggerError
+from tagger.fsutil import atomic_file
 
 FORMATS = ("jsonl", "conll", "tsv")
 SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv"}
 CHUNK_LINES = 2048
-
-
-def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
-    out = []
-    sources = list(sources) if sources is not None else None
-    for k, text in enumerate(texts):
-        pieces = pretokenize(text)
-        out.append(
-            Example(
-                [t for t, _ in pieces], text=text, offsets=[o for _, o in pieces],
-                source=sources[k] if sources else f"text {k + 1}",
-            )
-        )
-    return out
-
-
-def prediction_record(model, ex: Example, pred) -> dict:
-    if model.task == "classify":
-        label, prob = pred
-        return {"text": ex.text, "label": label, "probability": round(float(prob), 6)}
-    tags, probs = pred
-    record = {
-        "text": ex.text,
-        "tokens": ex.tokens,
-        "offsets": [list(o) for o in ex.offsets] if ex.offsets is not None else None,
-        "tags": tags,
-        "probs": [round(float(p), 6) for p in probs],
-    }
-    if model.data_scheme != "none" and ex.offsets is not None:
-        record["spans"] = [
-            {
-                "type": kind,
-                "start": ex.offsets[a][0],
-                "end": ex.offsets[b - 1][1],
-                "text": ex.text[ex.offsets[a][0] : ex.offsets[b - 1][1]],
-                "token_start": a,
-                "token_end": b,
-            }
-            for kind, a, b in tag_spans(tags, model.data_scheme)
-        ]
-    return record
-
-
-def format_record(record: dict, line: int, fmt: str, task: str) -> str:
-    if fmt == "jsonl":
-        return json.dumps({"line": line, **record}, ensure_ascii=False) + "\n"
-    if task == "classify":
-        return f"{line}\t{record['label']}\t{record['probability']}\t{record['text']}\n"
-    if fmt == "conll":
-        return "".join(f"{t}\t{g}\n" for t, g in zip(record["tokens"], record["tags"])) + "\n"
-    return f"{line}\t{' '.join(record['tokens'])}\t{' '.join(record['tags'])}\n"
 
 
 def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
@@ -93,7 +42,7 @@ def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files = list_input_files(p)
             if not files:
                 raise TaggerError(f"{p}: folder has no files to predict")
             out.extend((f, f.relative_to(p)) for f in files)
@@ -118,12 +67,12 @@ def _chunks(path: Path, encoding: str) -> Iterator[list[tuple[int, str]]]:
 
 def predict_stream(model, path: Path, fmt: str, write, encoding="utf-8", batch_size=256) -> int:
     """Predict every non-blank line of `path`, calling write(text) per record. Returns the count."""
-    n = 0
+    n, task = 0, model.labeller
     for chunk in _chunks(path, encoding):
         examples = examples_from_texts([t for _, t in chunk], [f"{path}:{k}" for k, _ in chunk])
         preds = model.predict_examples(examples, batch_size=batch_size)
         for (lineno, _), ex, pred in zip(chunk, examples, preds):
-            write(format_record(prediction_record(model, ex, pred), lineno, fmt, model.task))
+            write(task.format_record(task.record(ex, pred), lineno, fmt))
             n += 1
     return n
 
@@ -152,13 +101,7 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
             done.append((path, target, None))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as fh:
+            n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
         done.append((path, target, n))
     return done

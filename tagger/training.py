@@ -1,8 +1,15 @@
-"""Training and evaluation.
+"""Training: a loop that is handed its parts, and the `tagger train` job that consumes it.
 
-`train_loop` is a generator yielding (step, info, is_best) after every evaluation, with
-patience, max steps and the LR schedule explicit; `train` consumes it to write logs,
-checkpoints and the progress bar. Evaluation and prediction walk the same chain.
+`train_loop(model, batches, evaluate, optimizer, stop)` runs the updates and yields a
+`Step` after EVERY update; on evaluation steps it carries the scores and whether they
+are the best so far. The caller builds the batches (`epoch_batches`: shuffled per
+epoch, singletons replaced by their unknown-word entry), the evaluation, the optimizer
+and the LR schedule; the loop decides only when to evaluate and when to stop (`Stop`:
+epochs, max_steps, patience, with the rule of `tagger.optim.Patience`).
+
+`train(config, output_dir)` is setup -> run -> finalize; during the run the logs
+(metrics.jsonl, loss.tsv), the checkpoints (model-best/, model-last/) and the progress
+bar consume the loop's steps.
 """
 from __future__ import annotations
 
@@ -10,120 +17,26 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from tagger.data.readers import read_examples, split_dev
-from tagger.data.schemes import spans
-from tagger.data.vocab import LabelVocab, WordVocab
+from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
+from tagger.device import announce_compile, resolve_device
 from tagger.errors import TaggerError
-from tagger.metrics import classification_report, span_scores, token_accuracy
-from tagger.optim import ReduceOnPlateau, clip_by_global_norm, make_optimizer
+from tagger.fsutil import OutputLock, start_run
+from tagger.io import load_model, save_model
+from tagger.models import Model, build_network, check_network_fits
+from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
+
+BEST, LAST = "model-best", "model-last"
 
 
 # ----------------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class Splits:
-    train: list
-    dev: list
-    test: list = field(default_factory=list)
-    dev_source: str = ""
-
-
-def read_split(config, path):
-    return list(read_examples(path, config.data.format, **config.data.reader_options()))
-
-
-def load_splits(config) -> Splits:
-    """Read train/dev/test; carve a seeded dev split out of train when no dev file is given."""
-    if not config.data.train:
-        raise TaggerError("data.train: no training file given; set it in the config or with --data.train PATH")
-    train = read_split(config, config.data.train)
-    if config.data.dev:
-        dev, source = read_split(config, config.data.dev), config.data.dev
-    elif config.data.dev_fraction > 0:
-        train, dev = split_dev(train, config.data.dev_fraction, config.training.seed)
-        source = f"{len(dev)} examples held out of data.train (dev_fraction {config.data.dev_fraction})"
-    else:
-        dev, source = [], "none (dev_fraction 0: the best model is the one with the lowest training loss)"
-    test = read_split(config, config.data.test) if config.data.test else []
-    return Splits(train, dev, test, source)
-
-
-def build_vocabularies(config, train):
-    words = WordVocab.build(
-        (ex.tokens for ex in train),
-        min_freq=config.vocab.min_freq,
-        max_size=config.vocab.max_size,
-        lowercase=config.vocab.lowercase,
-        unknown_classes=config.vocab.unknown_classes,
-    )
-    if config.model.task == "tag":
-        from tagger.data.schemes import convert
-
-        scheme, target = config.data.scheme, config.data.target_scheme or config.data.scheme
-        seen = []
-        for ex in train:
-            tags = ex.labels if scheme == target or scheme == "none" else convert(ex.labels, scheme, target)
-            seen.extend(tags)
-        labels = LabelVocab.build(seen, first=["O"] if "O" in seen else [])
-    else:
-        labels = LabelVocab.build(ex.label for ex in train)
-    return words, labels
-
-
-def pretrained_matrix(config, words, train, seed):
-    """Embedding rows from pretrained vectors (None when the config names none); prints coverage."""
-    path = config.model.pretrained_vectors
-    if not path:
-        return None
-    from tagger.data.vectors import embedding_matrix, read_vectors
-
-    from collections import Counter
-
-    counts = Counter(t for ex in train for t in ex.tokens)
-    vecs = read_vectors(path, keep=words.words())
-    matrix, coverage = embedding_matrix(words, vecs, np.random.default_rng(seed), dim=config.model.embedding_dim, counts=counts)
-    print(
-        f"pretrained vectors {path}: {coverage['types_found']}/{coverage['types_total']} word types "
-        f"({coverage['types'] * 100:.1f}%), {coverage['tokens'] * 100:.1f}% of training tokens",
-        file=sys.stderr,
-    )
-    return matrix
-
-
-# ----------------------------------------------------------------------------------------
-# evaluation
-
-
-def evaluate(model, examples, batch_size=256) -> dict:
-    """Scores of `model` on labelled examples: accuracy, per-class P/R/F1, spans for span schemes."""
-    preds = model.predict_examples(examples, batch_size=batch_size)
-    if model.task == "classify":
-        gold = [ex.label for ex in examples]
-        guess = [p[0] for p in preds]
-        report = classification_report(gold, guess)
-        return {"task": "classify", "n": len(gold), "accuracy": report["accuracy"], "score": report["accuracy"], "report": report}
-    gold = [ex.labels for ex in examples]
-    guess = [p[0] for p in preds]
-    acc = token_accuracy(gold, guess)
-    out = {"task": "tag", "n_sentences": len(gold), "accuracy": acc["accuracy"], "token_accuracy": acc}
-    out["report"] = classification_report([t for s in gold for t in s], [t for s in guess for t in s])
-    if model.data_scheme != "none":
-        out["spans"] = span_scores(gold, guess, scheme=model.data_scheme)
-        out["score"] = out["spans"]["f1"]
-    else:
-        out["score"] = out["accuracy"]
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# the loop
+# batches
 
 
 def singleton_replacements(model, train_examples) -> np.ndarray:
@@ -134,8 +47,6 @@ def singleton_replacements(model, train_examples) -> np.ndarray:
     are trained on the rare words they stand for.  A singleton has one surface form, so
     its class is exact even with a lower-casing vocabulary.
     """
-    from collections import Counter
-
     words = model.words
     surface = {}
     counts: Counter[str] = Counter()
@@ -154,76 +65,226 @@ def singleton_replacements(model, train_examples) -> np.ndarray:
 
 def replace_singletons(batch, replacements, p, rng):
     """A copy of `batch` whose singleton words become their unknown-word entry with probability p."""
-    from dataclasses import replace
-
     target = replacements[batch.ids]
     hit = (target >= 0) & (rng.random(batch.ids.shape) < p)
     return replace(batch, ids=np.where(hit, target, batch.ids).astype(batch.ids.dtype))
 
 
-def train_loop(model, train_examples, dev_examples, tcfg, log=None):
-    """Yield (step, info, is_best) after each evaluation.
-
-    Stops after `tcfg.epochs`, `tcfg.max_steps` updates, or `tcfg.patience` evaluations
-    without a better dev score. `log(step, n_tokens, loss)` is called after every update.
-    """
-    singletons = singleton_replacements(model, train_examples) if tcfg.unk_replace > 0 else None
-    optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
-    schedule = ReduceOnPlateau(optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
-    best, bad, step = -math.inf, 0, 0
-    losses, tokens, start = [], 0, time.perf_counter()
+def epoch_batches(model, examples, tcfg) -> Iterator[tuple[int, object]]:
+    """(epoch, batch) for epochs 1..tcfg.epochs: shuffled with seed + epoch, and with
+    training.unk_replace > 0 singletons replaced (a generator per epoch seeded [seed, epoch])."""
+    singletons = singleton_replacements(model, examples) if tcfg.unk_replace > 0 else None
     for epoch in range(1, tcfg.epochs + 1):
-        batches = model.batches(
-            train_examples, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch
-        )
+        batches = model.batches(examples, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch)
         unk_rng = np.random.default_rng([tcfg.seed, epoch])
-        for k, batch in enumerate(batches):
+        for batch in batches:
             if singletons is not None:
                 batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
-            loss = model.train_step(batch)
-            if not math.isfinite(loss):
-                raise TaggerError(f"training diverged at step {step + 1} (loss {loss}); lower training.lr or set training.clip_norm")
-            if tcfg.clip_norm:
-                clip_by_global_norm(model.network, tcfg.clip_norm)
-            optimizer.step(model.network)
-            step += 1
-            losses.append(loss)
-            tokens += batch.n_tokens
-            if log is not None:
-                log(step, batch.n_tokens, loss)
-            last_of_epoch = k == len(batches) - 1
-            due = last_of_epoch if tcfg.eval_every == "epoch" else step % int(tcfg.eval_every) == 0
-            done = tcfg.max_steps is not None and step >= tcfg.max_steps
-            if due or done:
-                scores = evaluate(model, dev_examples) if dev_examples else {"score": -float(np.mean(losses))}
-                score = scores["score"]
-                is_best = score > best
-                if is_best:
-                    best, bad = score, 0
-                else:
-                    bad += 1
-                if schedule is not None:
-                    schedule.observe(score)
-                elapsed = time.perf_counter() - start
-                info = {
-                    "epoch": epoch, "step": step, "loss": float(np.mean(losses)), "dev_score": score,
-                    "dev_accuracy": scores.get("accuracy"), "lr": optimizer.lr, "tokens_per_s": tokens / max(elapsed, 1e-9),
-                    "elapsed_s": elapsed, "dev": scores,
-                }
-                losses, tokens, start = [], 0, time.perf_counter()
-                yield step, info, is_best
-                if done or (tcfg.patience is not None and bad >= tcfg.patience):
-                    return
+            yield epoch, batch
 
 
 # ----------------------------------------------------------------------------------------
-# the `tagger train` job
+# the loop
 
 
-BEST, LAST = "model-best", "model-last"
+@dataclass
+class Stop:
+    """When the loop stops: after `epochs` epochs, `max_steps` updates, or `patience`
+    evaluations in a row without a better score (None: no such limit)."""
+
+    epochs: int | None = None
+    max_steps: int | None = None
+    patience: int | None = None
+
+    @classmethod
+    def from_config(cls, tcfg) -> "Stop":
+        return cls(epochs=tcfg.epochs, max_steps=tcfg.max_steps, patience=tcfg.patience)
+
+
+@dataclass
+class Step:
+    """What the loop yields after every update."""
+
+    step: int  # updates so far, from 1
+    epoch: int
+    loss: float  # this batch's loss
+    n_tokens: int  # this batch's real tokens
+    lr: float  # the lr after this step (and after the schedule, on evaluation steps)
+    last: bool = False  # the loop stops after this step
+    scores: dict | None = None  # evaluation steps: the evaluation's scores ("score" is watched)
+    is_best: bool = False  # evaluation steps: the score improved on every earlier one
+    mean_loss: float | None = None  # evaluation steps: mean batch loss since the previous evaluation
+
+    @property
+    def evaluated(self) -> bool:
+        return self.scores is not None
+
+
+def _with_ends(batches: Iterable, epochs: int | None) -> Iterator[tuple[int, object, bool, bool]]:
+    """(epoch, batch, last of its epoch, last of all), looking one batch ahead."""
+    it = iter(batches)
+    item = next(it, None)
+    while item is not None and (epochs is None or item[0] <= epochs):
+        nxt = next(it, None)
+        end = nxt is None or (epochs is not None and nxt[0] > epochs)
+        yield item[0], item[1], end or nxt[0] != item[0], end
+        item = nxt
+
+
+def train_loop(
+    model,
+    batches: Iterable,
+    evaluate: Callable[[], dict] | None,
+    optimizer,
+    stop: Stop,
+    eval_every: int | str = "epoch",
+    clip_norm: float | None = None,
+    schedule: ReduceOnPlateau | None = None,
+) -> Iterator[Step]:
+    """Update `model` on each (epoch, batch) of `batches`, yielding a Step after every update.
+
+    Evaluates at the end of each epoch (eval_every "epoch") or every `eval_every`
+    updates, and always at the last update. `evaluate()` returns a dict with a
+    "score" (higher is better); with evaluate None the score is minus the mean training
+    loss since the previous evaluation. `schedule.observe(score)` follows each evaluation.
+    """
+    patience = Patience(stop.patience)
+    window: list[float] = []
+    step = 0
+    for epoch, batch, end_of_epoch, end in _with_ends(batches, stop.epochs):
+        loss = model.train_step(batch)
+        if not math.isfinite(loss):
+            raise TaggerError(f"training diverged at step {step + 1} (loss {loss}); lower training.lr or set training.clip_norm")
+        if clip_norm:
+            clip_by_global_norm(model.network, clip_norm)
+        optimizer.step(model.network)
+        step += 1
+        window.append(loss)
+        last = end or (stop.max_steps is not None and step >= stop.max_steps)
+        info = Step(step, epoch, loss, batch.n_tokens, optimizer.lr, last)
+        due = end_of_epoch if eval_every == "epoch" else step % int(eval_every) == 0
+        if due or last:
+            info.mean_loss, window = float(np.mean(window)), []
+            info.scores = evaluate() if evaluate is not None else {"score": -info.mean_loss}
+            info.is_best = patience.observe(info.scores["score"])
+            if schedule is not None:
+                schedule.observe(info.scores["score"])
+            info.lr = optimizer.lr
+            info.last = last or patience.exhausted
+        yield info
+        if info.last:
+            return
+
+
+# ----------------------------------------------------------------------------------------
+# consumers of the loop: logs, checkpoints, progress
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object per evaluation), loss.tsv and a console line per evaluation."""
+
+    HEADER = "epoch\tstep\tloss\tdev_score\tdev_accuracy\tlr\ttokens_per_s\n"
+
+    def __init__(self, output_dir: Path, echo: Callable[[str], None]):
+        self.dir, self.echo = output_dir, echo
+        (output_dir / "loss.tsv").write_text(self.HEADER, encoding="utf-8")
+        (output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def __call__(self, s: Step) -> dict | None:
+        """The evaluation record of an evaluation step (None for the others)."""
+        self.tokens += s.n_tokens
+        if not s.evaluated:
+            return None
+        elapsed = time.perf_counter() - self.start
+        info = {
+            "epoch": s.epoch, "step": s.step, "loss": s.mean_loss, "dev_score": s.scores["score"],
+            "dev_accuracy": s.scores.get("accuracy"), "lr": s.lr, "tokens_per_s": self.tokens / max(elapsed, 1e-9),
+            "elapsed_s": elapsed, "dev": s.scores,
+        }
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(info) + "\n")
+        acc = info["dev_accuracy"] if info["dev_accuracy"] is not None else ""
+        with open(self.dir / "loss.tsv", "a", encoding="utf-8") as fh:
+            fh.write(f"{s.epoch}\t{s.step}\t{s.mean_loss:.6f}\t{info['dev_score']:.6f}\t{acc}\t{s.lr:.3g}\t{info['tokens_per_s']:.0f}\n")
+        self.echo(f"epoch {s.epoch} step {s.step}: loss {s.mean_loss:.4f} dev {info['dev_score']:.4f}" + (" (best)" if s.is_best else ""))
+        self.tokens, self.start = 0, time.perf_counter()
+        return info
+
+
+class Checkpoints:
+    """model-best/ on every improvement, model-last/ on every evaluation (and on Ctrl-C)."""
+
+    def __init__(self, model, output_dir: Path):
+        self.model, self.dir = model, output_dir
+        self.best_saved = False
+
+    def __call__(self, s: Step) -> None:
+        if not s.evaluated:
+            return
+        metrics = {"dev": s.scores, "step": s.step, "epoch": s.epoch}
+        if s.is_best:
+            save_model(self.model, self.dir / BEST, metrics)
+            self.best_saved = True
+        save_model(self.model, self.dir / LAST, metrics)
+
+    def interrupted(self) -> None:
+        save_model(self.model, self.dir / LAST)
+        if not (self.dir / BEST).exists():
+            save_model(self.model, self.dir / BEST)
+
+
+class Progress:
+    """A tqdm bar over the updates; none when disabled or stderr is not a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm  # only where a bar may be drawn
+
+            # disable=None: no bar when stderr is not a terminal (batch jobs, CI logs); epoch lines still print
+            self.bar = tqdm(total=total, unit="batch", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, disable=None)
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def __call__(self, s: Step) -> None:
+        self.tokens += s.n_tokens
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{s.loss:.3f}", tok_s=f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):,.0f}")
+
+    def echo(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------
+# the `tagger train` job: setup -> run -> finalize
+
+
+@dataclass
+class Run:
+    config: object
+    output_dir: Path
+    splits: Splits
+    model: Model
+    ops: object
+    optimizer: object = None
+    interrupted: bool = False
 
 
 def train(config, output_dir, device="cpu", progress=True) -> dict:
+    """`_train` (below) as the only writer of `output_dir` (a second run there is refused)."""
+    with OutputLock(output_dir):
+        return _train(config, Path(output_dir), device, progress)
+
+
+def _train(config, output_dir, device="cpu", progress=True) -> dict:
     """Train from a resolved config into `output_dir`:
 
         output_dir/model-best/   the best model on dev (a complete model directory)
@@ -233,17 +294,20 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
 
     Returns the final metrics (dev and test scores of the best model).
     """
-    from tagger.device import announce_compile, resolve_device
-    from tagger.io import load_model
-    from tagger.models import Model, build_network
+    run = setup(config, output_dir, device)
+    execute(run, progress)
+    return finalize(run)
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+
+def setup(config, output_dir, device="cpu") -> Run:
+    """Read the data, build vocabularies and the model on the chosen device."""
+    output_dir = Path(output_dir)  # created by the OutputLock that train() holds
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
     ops = resolve_device(device, announce=True)
     announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
+    check_network_fits(config.model, len(words), len(labels))
     network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
     model = Model(config, words, labels, network)
     print(
@@ -251,63 +315,52 @@ def train(config, output_dir, device="cpu", progress=True) -> dict:
         f"vocabulary: {len(words)} words, labels: {len(labels)}",
         file=sys.stderr,
     )
-    tcfg = config.training
-    n_batches = len(model.batches(splits.train, tcfg.batch_size, tcfg.batch_unit, with_labels=False))
+    return Run(config, output_dir, splits, model, ops)
+
+
+def execute(run: Run, progress=True) -> None:
+    """The loop with its parts from the config, consumed by logs, checkpoints and the bar.
+    Ctrl-C stops it and saves the current weights as model-last (and model-best if none)."""
+    tcfg, model, dev = run.config.training, run.model, run.splits.dev
+    run.optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
+    schedule = (
+        ReduceOnPlateau(run.optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
+    )
+    n_batches = len(model.batches(run.splits.train, tcfg.batch_size, tcfg.batch_unit, with_labels=False))
     total = tcfg.epochs * n_batches if tcfg.max_steps is None else min(tcfg.max_steps, tcfg.epochs * n_batches)
-    bar = _progress(total, progress)
-    rate = {"tokens": 0, "t0": time.perf_counter()}
-
-    def log(step, n_tokens, loss):
-        rate["tokens"] += n_tokens
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate['tokens'] / max(time.perf_counter() - rate['t0'], 1e-9):,.0f}")
-
-    (output_dir / "loss.tsv").write_text("epoch\tstep\tloss\tdev_score\tdev_accuracy\tlr\ttokens_per_s\n", encoding="utf-8")
-    (output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
-    interrupted = False
-    best_info = None
+    bar = Progress(total, progress)
+    # a restarted run moves the previous run's models and logs to previous/ first, so fresh
+    # logs never sit beside an old model-best
+    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl", "curves.png"))
+    log, checkpoints = RunLog(run.output_dir, bar.echo), Checkpoints(model, run.output_dir)
+    steps = train_loop(
+        model, epoch_batches(model, run.splits.train, tcfg), (lambda: model.evaluate(dev)) if dev else None,
+        run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm, schedule=schedule,
+    )
     try:
-        for step, info, is_best in train_loop(model, splits.train, splits.dev, tcfg, log):
-            with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(info) + "\n")
-            with open(output_dir / "loss.tsv", "a", encoding="utf-8") as fh:
-                fh.write(
-                    f"{info['epoch']}\t{step}\t{info['loss']:.6f}\t{info['dev_score']:.6f}\t"
-                    f"{info['dev_accuracy'] if info['dev_accuracy'] is not None else ''}\t{info['lr']:.3g}\t{info['tokens_per_s']:.0f}\n"
-                )
-            msg = f"epoch {info['epoch']} step {step}: loss {info['loss']:.4f} dev {info['dev_score']:.4f}" + (" (best)" if is_best else "")
-            (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(msg)
-            if is_best:
-                best_info = info
-                model.save(output_dir / BEST, metrics={"dev": info["dev"], "step": step, "epoch": info["epoch"]})
-            model.save(output_dir / LAST, metrics={"dev": info["dev"], "step": step, "epoch": info["epoch"]})
+        for s in steps:
+            bar(s)
+            log(s)
+            checkpoints(s)
     except KeyboardInterrupt:
-        interrupted = True
-        model.save(output_dir / LAST)
-        if not (output_dir / BEST).exists():
-            model.save(output_dir / BEST)
-        print(f"\ninterrupted: the current model is saved in {output_dir / LAST}", file=sys.stderr)
+        run.interrupted = True
+        checkpoints.interrupted()
+        print(f"\ninterrupted: the current model is saved in {run.output_dir / LAST}", file=sys.stderr)
+        raise  # the run stops here: the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
     finally:
-        if bar is not None:
-            bar.close()
-    if best_info is None and not interrupted:
-        model.save(output_dir / BEST)
-    best = load_model(output_dir / BEST, device=ops)
-    final = {"dev": evaluate(best, splits.dev) if splits.dev else None, "interrupted": interrupted}
-    if splits.test:
-        final["test"] = evaluate(best, splits.test)
-    best.save(output_dir / BEST, metrics=final)
+        bar.close()
+    if not checkpoints.best_saved and not run.interrupted:
+        save_model(model, run.output_dir / BEST)
+
+
+def finalize(run: Run) -> dict:
+    """Score the best model on dev and test and store the scores beside it."""
+    best = load_model(run.output_dir / BEST, device=run.ops)
+    final = {"dev": best.evaluate(run.splits.dev) if run.splits.dev else None, "interrupted": run.interrupted}
+    if run.splits.test:
+        final["test"] = best.evaluate(run.splits.test)
+    save_model(best, run.output_dir / BEST, final)
     from tagger.plot import write_curves
 
-    write_curves(output_dir)  # curves.png, or a one-line note without matplotlib
+    write_curves(run.output_dir)  # curves.png, or a one-line note without matplotlib
     return final
-
-
-def _progress(total, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (batch jobs, CI logs); epoch lines still print
-    return tqdm(total=total, unit="batch", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, disable=None)

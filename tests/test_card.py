@@ -10,8 +10,9 @@ import pytest
 from tagger.card import model_card, write_card
 from tagger.config import load_config, parse_config
 from tagger.errors import TaggerError
+from tagger.data.prepare import build_vocabularies, load_splits
+from tagger.io import save_model
 from tagger.models import Model, build_network
-from tagger.training import build_vocabularies, evaluate, load_splits
 from tests.cli.conftest import REPO, SAMPLES
 
 
@@ -21,7 +22,7 @@ def tiny_model_dir(config, folder, seed=0):
     words, labels = build_vocabularies(config, splits.train)
     network = build_network(config.model, len(words), len(labels), ops="reference", seed=seed)
     model = Model(config, words, labels, network)
-    model.save(folder / "model-best", metrics={"dev": evaluate(model, splits.dev), "interrupted": False})
+    save_model(model, folder / "model-best", {"dev": model.evaluate(splits.dev), "interrupted": False})
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "tokens_per_s": 1234.0}) + "\n")
     return folder / "model-best"
 

@@ -17,10 +17,12 @@ from tagger.config import ModelConfig  # noqa: E402
 from tagger.data.vocab import LabelVocab  # noqa: E402
 from tagger.errors import TaggerError  # noqa: E402
 from tagger.export import export_onnx, keras_to_onnx_gates  # noqa: E402
-from tagger.layers.crf import crf_viterbi  # noqa: E402
+from tagger.ops.reference import crf_viterbi  # noqa: E402
 from tagger.models import build_network  # noqa: E402
+from tagger.spans import Spans  # noqa: E402
 
 V, K, LENGTHS, T = 30, 5, np.array([7, 1, 4, 3, 6], np.int32), 7
+SPANS = Spans.from_lengths(LENGTHS, T)
 
 
 def random_model(seed=0, **model):
@@ -62,7 +64,7 @@ CASES = {
 def test_onnx_matches_forward_on_ragged_batches(tmp_path, name):
     model = random_model(**CASES[name])
     ids = ragged_ids()
-    ours, _ = model.network.forward(ids, train=False)
+    ours, _ = model.network.forward(ids, SPANS, train=False)
     ours = np.asarray(ours)
     out = run_onnx(export_onnx(model, tmp_path / "m.onnx")[0], ids)
     if model.task == "tag":
@@ -92,9 +94,9 @@ def test_crf_sidecar_decodes_like_our_viterbi(tmp_path):
     assert crf["labels"] == model.labels.labels and "Viterbi" in crf["decoding"]
     scores = run_onnx(files[0], ragged_ids())["scores"].astype(np.float64)
     A, s, e = (np.array(crf[k]) for k in ("transitions", "start", "end"))
-    ours, _ = model.network.forward(ragged_ids(), train=False)
+    ours, _ = model.network.forward(ragged_ids(), SPANS, train=False)
     layer = model.network.layers[-1]
-    np.testing.assert_array_equal(crf_viterbi(scores, LENGTHS, A, s, e)[0], layer.decode(np.asarray(ours), LENGTHS))
+    np.testing.assert_array_equal(crf_viterbi(scores, SPANS.starts, SPANS.lengths, A, s, e)[0], layer.decode(np.asarray(ours), SPANS))
 
 
 def test_gate_reorder_and_metadata(tmp_path):

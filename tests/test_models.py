@@ -9,7 +9,7 @@ from tagger.config import Config
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
-from tagger.io import load_model
+from tagger.io import load_model, save_model
 from tagger.models import Model, build_network
 from tagger.optim import make_optimizer
 from tests.gradcheck import assert_grad_close, numeric_grad
@@ -99,7 +99,7 @@ def test_predictions_are_the_viterbi_paths_with_marginals_as_confidence(trained)
 def test_save_and_load_round_trips(trained, tmp_path):
     model, _ = trained
     examples = sentences(10, seed=2)
-    model.save(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     again = load_model(tmp_path / "m")
     assert again.config.model.crf and again.crf is not None
     assert again.predict_examples(examples) == model.predict_examples(examples)
@@ -126,7 +126,7 @@ def test_crf_false_is_unchanged_and_models_without_the_key_still_load(tmp_path):
     for (name, a), (_, b) in zip(plain.network.named_weights(), with_crf.network.named_weights()):
         np.testing.assert_array_equal(a, b, err_msg=name)  # same seed, same weights before the CRF
     examples = sentences(8, seed=4)
-    plain.save(tmp_path / "old")
+    save_model(plain, tmp_path / "old")
     raw = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
     del raw["model"]["crf"]  # as written before model.crf existed
     (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(raw))
@@ -222,7 +222,7 @@ def test_a_max_pooling_classifier_trains(trained_max):
 def test_a_pooled_classifier_saves_and_loads(trained_max, tmp_path):
     model, _ = trained_max
     examples = texts(12, seed=2)
-    model.save(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     again = load_model(tmp_path / "m")
     assert again.config.model.pooling == "max"
     assert [layer.name for layer in again.network.layers] == [layer.name for layer in model.network.layers]
@@ -271,3 +271,49 @@ def test_train_step_gradients_through_the_pooling(pooling):
         for k, name in enumerate(layer.param_names):
             analytic = np.array(layer.grads[k])
             assert_grad_close(analytic, numeric_grad(loss, layer.params[k]), f"{layer.name}/{name}")
+
+
+def test_every_network_call_goes_through_model_forward_with_the_batch_mask(monkeypatch):
+    """train_step, probabilities and predict_examples call the network once per batch,
+    through Model.forward, with the batch's ids and mask (the one line to switch to spans)."""
+    model = tiny_model(crf=True, seed=9)
+    calls = []
+    real = model.network.forward
+
+    def spy(x, spans=None, train=True):
+        calls.append((np.asarray(x).copy(), spans, train))
+        return real(x, spans, train=train)
+
+    monkeypatch.setattr(model.network, "forward", spy)
+    examples = sentences(6, seed=10)
+    batch = model.batches(examples, 6)[0]
+    model.train_step(batch)
+    model.network.zero_grad()
+    model.probabilities(batch)
+    model.predict_examples(examples, batch_size=6)
+    assert [train for _, _, train in calls] == [True, False, False]
+    for ids, spans, _ in calls:
+        np.testing.assert_array_equal(ids, batch.ids)
+        # the batch's own spans object, handed down as it is (host ids, no mask rebuilt)
+        np.testing.assert_array_equal(spans.mask(), batch.mask)
+    assert calls[0][1] is batch.spans
+
+
+def test_model_predict_and_evaluate_use_the_task():
+    model = tiny_model(crf=False, seed=11)
+    records = model.predict(["Anna Smith spoke .", ""])
+    assert records[0]["tokens"] == ["Anna", "Smith", "spoke", "."] and len(records[0]["tags"]) == 4
+    assert records[1]["tags"] == [] and records[1]["tokens"] == []
+    scores = model.evaluate(sentences(5, seed=12))
+    assert scores["task"] == "tag" and 0 <= scores["accuracy"] <= 1
+    assert "spans" not in scores  # data.scheme none: tags are not spans
+    assert model.task == "tag" and model.labeller.name == "tag"
+
+
+def test_the_public_load_and_predict_api(tmp_path):
+    import tagger
+
+    model = tiny_model(crf=True, seed=13)
+    save_model(model, tmp_path / "out" / "model-best")  # a training output folder
+    texts = ["Anna Smith spoke .", "the minister rose"]
+    assert tagger.load(tmp_path / "out").predict(texts) == model.predict(texts)

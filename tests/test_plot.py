@@ -66,6 +66,12 @@ def test_write_curves_without_matplotlib_is_a_one_line_note(tmp_path, monkeypatc
     assert not (tmp_path / "run" / "curves.png").exists()
 
 
+def test_write_curves_before_any_evaluation_is_a_note_not_an_error(tmp_path, capsys):
+    (tmp_path / "loss.tsv").write_text("epoch\tstep\tloss\tdev_score\tdev_accuracy\tlr\ttokens_per_s\n")
+    assert plot.write_curves(tmp_path) is None
+    assert "no evaluations logged yet" in capsys.readouterr().err and not (tmp_path / "curves.png").exists()
+
+
 def test_plot_command_compares_runs(tmp_path):
     a, b = fake_run(tmp_path / "a"), fake_run(tmp_path / "b", n=20, lr_drop=5, seed=0.1)
     result = CliRunner().invoke(app, ["plot", str(a), str(b), "--output", str(tmp_path / "cmp.png"), "--name", "base", "--name", "lower lr"])

@@ -13,18 +13,9 @@ Every user error is printed as one line (`error: ...`) with exit status 1, never
 """
 from __future__ import annotations
 
-import typer
-
-app = typer.Typer(
-    name="tagger",
-    help="BiLSTM sequence labelling and text classification: train, evaluate, predict.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-from . import debug_data, evaluate, init_config, predict, summary, train  # noqa: E402,F401  (registers commands)
-from . import export, plot  # noqa: E402,F401
+from ._app import app
+from . import debug_data, evaluate, init_config, predict, summary, train  # noqa: F401  (registers the commands)
+from . import export, plot  # noqa: F401
 
 
 def main():

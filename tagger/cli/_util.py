@@ -1,28 +1,166 @@
-"""Shared CLI pieces: one-line errors, dotted overrides, loading configs and models."""
+"""Shared CLI pieces: one-line errors, interrupts, option checks, dotted overrides, loading.
+
+Every command body runs inside ``with user_errors():``, which turns
+
+* a TaggerError into ``error: MESSAGE`` and exit 1;
+* an OSError (disk full, permission denied, a file where a folder should be) into
+  ``error: FILE: what to do`` and exit 1;
+* Ctrl-C into ``interrupted`` and exit 130, SIGTERM into ``terminated`` and exit 143 - also
+  when the interrupt surfaced as some other exception (Numba, interrupted while compiling,
+  raises a KeyError);
+
+and the app's group class (:class:`OneLineErrors`) prints click's usage errors (a
+non-integer ``--batch-size``, a missing argument) as one ``error:`` line, exit 2.
+"""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x vendors click as typer._click; older typer raises click's own classes
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as cx
 
 from tagger.errors import TaggerError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the same handlers save what they can."""
+
+
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+_signalled: list[int] = []
+
+
+def _on_signal(signum, frame):
+    _signalled.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 @contextlib.contextmanager
-def user_errors():
-    """Print a TaggerError as `error: ...` and exit 1, with no traceback."""
+def _signal_handlers():
+    """Ctrl-C and SIGTERM raise (and are remembered) while the block runs; restored after."""
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    except ValueError:  # not the main thread: leave the handlers alone
+        pass
+    _signalled.clear()
     try:
         yield
-    except TaggerError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
+_reported: list[int] = []  # exit codes whose one line has been printed
+
+
+def _stop(code: int, message: str):
+    typer.echo(message, err=True)
+    _reported.append(code)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print a user's error as one `error: ...` line and exit non-zero, never a traceback."""
+    from tagger.fsutil import describe_os_error
+
+    with _signal_handlers():
+        try:
+            yield
+        except (typer.Exit, cx.ClickException):
+            raise
+        except Terminated:
+            _stop(EXIT_TERMINATED, "terminated")
+        except KeyboardInterrupt:
+            _stop(EXIT_INTERRUPTED, "interrupted")
+        except TaggerError as err:
+            _stop(1, f"error: {err}")
+        except OSError as err:
+            if _signalled:
+                _stop(_interrupt_code(), "interrupted")
+            _stop(1, f"error: {describe_os_error(err)}")
+        except Exception:
+            if _signalled:  # the interrupt arrived inside a library that re-raised it as something else
+                _stop(_interrupt_code(), "interrupted")
+            raise
+
+
+def _interrupt_code() -> int:
+    return EXIT_TERMINATED if signal.SIGTERM in _signalled else EXIT_INTERRUPTED
+
+
+class OneLineErrors(TyperGroup):
+    """The app's group: usage errors as one line, Ctrl-C outside a command as exit 130.
+
+    ``typer.Typer(cls=OneLineErrors, ...)``.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _reported.clear()
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except cx.NoArgsIsHelpError as err:
+            typer.echo(err.ctx.get_help())
+            sys.exit(0)
+        except cx.UsageError as err:
+            cmd = err.ctx.command_path if err.ctx is not None else "tagger"
+            typer.echo(f"error: {err.format_message()} (see `{cmd} --help`)", err=True)
+            sys.exit(err.exit_code)
+        except cx.ClickException as err:
+            typer.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if rv == EXIT_INTERRUPTED and not _reported:  # Ctrl-C while typer parsed: it exits 130 silently
+            typer.echo("interrupted", err=True)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# ----------------------------------------------------------------------------- option checks
+def positive_int(value):
+    """typer callback: an option that counts something must be at least 1."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+def text_encoding(value):
+    """typer callback: a codec that turns bytes into text (not rot13, base64, ...)."""
+    from tagger.data.readers import check_encoding
+    from tagger.errors import DataError
+
+    try:
+        return check_encoding(value, "--encoding")
+    except DataError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def check_output_dir(path, option: str = "--output") -> Path:
+    from tagger.fsutil import check_output_dir as check
+
+    return check(path, option)
+
+
+def check_output_file(path, option: str = "--output") -> Path:
+    from tagger.fsutil import check_output_file as check
+
+    return check(path, option)
+
+
+# ----------------------------------------------------------------------------- overrides, loading
 def parse_overrides(args: list[str]) -> list[str]:
     """`--training.lr 0.01` / `--training.lr=0.01` -> ['training.lr=0.01'] (spaCy style)."""
     out = []

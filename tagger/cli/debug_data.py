@@ -1,13 +1,13 @@
+"""`tagger debug-data CONFIG`: the data report of tagger.data.prepare, printed."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from tagger.errors import TaggerError
 
 from ._util import user_errors
@@ -26,6 +26,7 @@ def debug_data(
     """
     with user_errors():
         from tagger.config import load_config
+        from tagger.data.prepare import data_report
         from tagger.data.readers import collect_malformed
 
         cfg = load_config(config, corpora_root=corpora)
@@ -56,41 +57,6 @@ def _echo_malformed(malformed: list[str]) -> None:
         typer.echo(f"  {message}", err=True)
     if len(malformed) > MAX_LISTED:
         typer.echo(f"  ... and {len(malformed) - MAX_LISTED} more (all of them are in --json)", err=True)
-
-
-def data_report(cfg) -> dict:
-    from tagger.training import build_vocabularies, load_splits
-
-    splits = load_splits(cfg)
-    words, labels = build_vocabularies(cfg, splits.train)
-    tag = cfg.model.task == "tag"
-    report = {"task": cfg.model.task, "labels": labels.labels, "vocabulary": len(words), "splits": {}}
-    train_texts = {" ".join(ex.tokens) for ex in splits.train}
-    for name, examples in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)):
-        if not examples:
-            continue
-        tokens = [t for ex in examples for t in ex.tokens]
-        ids = words.encode_batch([ex.tokens for ex in examples])
-        unknown = words.unknown_ids
-        unk = sum(1 for s in ids for i in s if i in unknown)
-        dist = Counter(t for ex in examples for t in ex.labels) if tag else Counter(ex.label for ex in examples)
-        lengths = [len(ex.tokens) for ex in examples]
-        entry = {
-            "examples": len(examples),
-            "tokens": len(tokens),
-            "max_length": max(lengths),
-            "mean_length": round(sum(lengths) / len(lengths), 2),
-            "oov_rate": round(unk / max(len(tokens), 1), 4),
-            "labels": dict(dist.most_common()),
-            "majority_baseline": round(dist.most_common(1)[0][1] / max(sum(dist.values()), 1), 4),
-        }
-        if name != "train":
-            entry["overlap_with_train"] = sum(1 for ex in examples if " ".join(ex.tokens) in train_texts)
-            unseen = sorted(set(dist) - set(labels.labels))
-            if unseen:
-                entry["labels_unseen_in_train"] = unseen
-        report["splits"][name] = entry
-    return report
 
 
 def format_data_report(report: dict) -> str:

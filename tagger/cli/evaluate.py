@@ -1,3 +1,4 @@
+"""`tagger evaluate MODEL DATA`: the task's scores on a labelled file."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._util import load, user_errors
+from ._app import app
+from ._util import check_output_file, load, user_errors
 
 
 @app.command()
@@ -19,26 +20,21 @@ def evaluate(
 ):
     """Score a model on labelled data: accuracy, per-class P/R/F1, conlleval spans."""
     with user_errors():
+        from tagger.data.prepare import read_split
         from tagger.io import atomic_write_text
-        from tagger.metrics import conlleval_text
-        from tagger.training import evaluate as run_eval, read_split
 
+        if output is not None:
+            check_output_file(output, "--output")
         m = load(str(model), device)
-        examples = read_split(m.config, data)
-        scores = run_eval(m, examples)
-        typer.echo(format_report(scores, conlleval_text))
+        scores = m.evaluate(read_split(m.config, data))
+        typer.echo(format_report(scores, m.labeller.report_lines(scores)))
         if output is not None:
             atomic_write_text(output, json.dumps(scores, indent=2) + "\n")
 
 
-def format_report(scores: dict, conlleval_text) -> str:
-    lines = []
-    if scores["task"] == "tag":
-        lines.append(f"token accuracy: {scores['accuracy'] * 100:.2f}% ({scores['n_sentences']} sentences)")
-        if "spans" in scores:
-            lines.append(conlleval_text(scores["spans"]))
-    else:
-        lines.append(f"accuracy: {scores['accuracy'] * 100:.2f}% ({scores['n']} texts)")
+def format_report(scores: dict, headline: list[str]) -> str:
+    """The task's headline lines, then the per-class table."""
+    lines = list(headline)
     report = scores["report"]
     lines.append(f"{'label':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for label, r in report["per_class"].items():

@@ -1,3 +1,4 @@
+"""`tagger init-config`: a commented default config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._util import note, user_errors
+from ._app import app
+from ._util import check_output_file, note, user_errors
 
 
 @app.command("init-config")
@@ -19,12 +20,14 @@ def init_config(
         from tagger.config import default_config_text
         from tagger.errors import TaggerError
         from tagger.io import atomic_write_text
+        from tagger.tasks import TASKS
 
-        if task not in ("tag", "classify"):
-            raise TaggerError(f"--task {task!r}: choose tag or classify")
+        if task not in TASKS:
+            raise TaggerError(f"--task {task!r}: choose {' or '.join(TASKS)}")
         text = default_config_text(task)
         if output is None:
             typer.echo(text, nl=False)
         else:
+            check_output_file(output, "--output")
             atomic_write_text(output, text)
             note(f"wrote {output}")

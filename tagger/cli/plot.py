@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import note, user_errors
 
 

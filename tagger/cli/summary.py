@@ -1,3 +1,4 @@
+"""`tagger summary CONFIG|MODEL`: the Keras-style layer table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import user_errors
 
 
@@ -13,10 +14,12 @@ from ._util import user_errors
 def summary(
     target: Path = typer.Argument(..., help="a YAML config, or a model directory"),
     corpora: Optional[Path] = typer.Option(None, help="root for ${corpora}/ paths (default: $TAGGER_CORPORA)"),
-    vocab_size: Optional[int] = typer.Option(None, help="for a config: vocabulary size to assume instead of reading train"),
+    vocab_size: Optional[int] = typer.Option(None, help="for a config: vocabulary size to assume instead of reading train (needs --labels)"),
+    labels: Optional[int] = typer.Option(None, help="for a config: number of labels to assume instead of reading train (needs --vocab-size)"),
 ):
     """Print the Keras-style layer table (output shapes and parameter counts)."""
     with user_errors():
+        from tagger.errors import TaggerError
         from tagger.io import is_model_dir, load_model, resolve_model_dir
 
         path = resolve_model_dir(target)
@@ -24,14 +27,16 @@ def summary(
             load_model(path).network.summary()
             return
         from tagger.config import load_config
+        from tagger.data.prepare import build_vocabularies, load_splits
         from tagger.models import build_network
-        from tagger.training import build_vocabularies, load_splits
 
+        if (vocab_size is None) != (labels is None):
+            raise TaggerError("--vocab-size and --labels go together (both sizes, or neither to read them from data.train)")
+        for name, value in (("--vocab-size", vocab_size), ("--labels", labels)):
+            if value is not None and value < 1:
+                raise TaggerError(f"{name} {value}: expected a positive number")
         cfg = load_config(target, corpora_root=corpora)
         if vocab_size is None:
-            splits = load_splits(cfg)
-            words, labels = build_vocabularies(cfg, splits.train)
-            n_words, n_labels = len(words), len(labels)
-        else:
-            n_words, n_labels = vocab_size, 2
-        build_network(cfg.model, n_words, n_labels, ops="reference", seed=cfg.training.seed).summary()
+            words, label_vocab = build_vocabularies(cfg, load_splits(cfg).train)
+            vocab_size, labels = len(words), len(label_vocab)
+        build_network(cfg.model, vocab_size, labels, ops="reference", seed=cfg.training.seed).summary()

@@ -1,3 +1,4 @@
+"""`tagger train CONFIG`: tagger.training.train with config overrides from the command line."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import note, parse_overrides, user_errors
 
 

@@ -31,6 +31,7 @@ import codecs
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -76,33 +77,86 @@ def check_file(path: PathLike) -> Path:
     return path
 
 
+def check_encoding(encoding: str, option: str = "data.encoding", where: str = "") -> str:
+    """Raise DataError unless `encoding` names a codec that decodes bytes to text
+    (``rot13`` and ``base64`` exist but are not text encodings)."""
+    prefix = f"{where}: " if where else ""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError, ValueError):
+        raise DataError(f"{prefix}unknown encoding {encoding!r}; set {option} to e.g. utf-8 or latin-1") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise DataError(f"{prefix}{encoding!r} is not a text encoding; set {option} to e.g. utf-8 or latin-1")
+    return encoding
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a damaged or fake .gz is a DataError naming the file."""
+    gz = path.suffix == ".gz"
+    lineno = 0
+    try:
+        with (gzip.open if gz else open)(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, 1):
+                yield lineno, raw
+    except gzip.BadGzipFile as err:
+        raise DataError(
+            f"{path}: not a valid gzip file ({err}); its name ends in .gz, so decompress it or rename it"
+        ) from None
+    except EOFError:
+        raise DataError(
+            f"{path}: the gzip file is truncated (it ends after line {lineno}); download or compress it again"
+        ) from None
+    except zlib.error as err:
+        raise DataError(f"{path}: the gzip file is damaged after line {lineno} ({err}); download or compress it again") from None
+
+
 def iter_lines(
     path: PathLike, encoding: str = "utf-8", encoding_option: str = "data.encoding"
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` with line ends removed; decode errors name the line
     and the setting that fixes them (``encoding_option``)."""
     path = check_file(path)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise DataError(f"{path}: unknown encoding {encoding!r}; set {encoding_option} to e.g. utf-8 or latin-1") from None
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as err:
-                byte = raw[err.start]
-                hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
-                _malformed(
-                    f"{path}:{lineno}: byte 0x{byte:02x} is not valid {encoding}; "
-                    f"set {encoding_option} (e.g. {hint})"
-                    + (" in the config" if encoding_option.startswith("data.") else "")
-                )
+    check_encoding(encoding, encoding_option, str(path))
+    for lineno, raw in _raw_lines(path):
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            byte = raw[err.start]
+            hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
+            _malformed(
+                f"{path}:{lineno}: byte 0x{byte:02x} is not valid {encoding}; "
+                f"set {encoding_option} (e.g. {hint})"
+                + (" in the config" if encoding_option.startswith("data.") else "")
+            )
+            continue
+        if lineno == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        yield lineno, line.rstrip("\r\n")
+
+
+def list_input_files(folder: PathLike) -> list[Path]:
+    """Every non-hidden file under `folder`, sorted, following links to folders but never
+    round a loop; a link that leads nowhere (a loop, or a missing target) is a DataError."""
+    folder = Path(folder)
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: a loop
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            f = Path(root) / name
+            if name.startswith("."):
                 continue
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield lineno, line.rstrip("\r\n")
+            if not f.is_file():
+                raise DataError(
+                    f"{f}: a symbolic link that leads to no file (a link loop, or its target is gone); fix or remove it"
+                )
+            found.append(f)
+    return sorted(found)
 
 
 def _nonempty(path: PathLike, examples: Iterator[Example], what: str) -> Iterator[Example]:
@@ -469,3 +523,20 @@ def split_dev(examples: list[Example], fraction: float, seed: int = 0) -> tuple[
     train = [ex for i, ex in enumerate(examples) if i not in chosen]
     dev = [ex for i, ex in enumerate(examples) if i in chosen]
     return train, dev
+
+
+def require_task(examples: Iterator[Example], task: str, path: PathLike, format: str) -> Iterator[Example]:
+    """Pass examples through, refusing the first one that has no gold label of the kind
+    `task` needs (a TSV or text-label JSONL given for tagging, CoNLL-U for classification)."""
+    for ex in examples:
+        if task == "tag" and ex.labels is None:
+            raise DataError(
+                f"{ex.source or path}: data.format {format} gives one label per text, but model.task is tag; "
+                "use conllu, conll or jsonl with token and label lists (or set model.task: classify)"
+            )
+        if task == "classify" and ex.label is None:
+            raise DataError(
+                f"{ex.source or path}: data.format {format} gives a label per token, but model.task is classify; "
+                "use tsv, trec or jsonl with one label per text (or set model.task: tag)"
+            )
+        yield ex

@@ -139,6 +139,12 @@ class WordVocab:
         # the unknown-word class entries this vocabulary has (empty: plain [UNK] only)
         self.unknown_ids = {i for w, i in vocab.items() if is_unknown_entry(w)}
         self._has_classes = len(self.unknown_ids) > 1
+        # class id per unknown surface form: a text repeats its unknown words, and the
+        # class costs a Python call per token (a quarter of `tagger predict` before this)
+        self._unknown_cache: dict[str, int] = {}
+
+    # at most this many unknown forms are remembered, so memory stays bounded on any stream
+    UNKNOWN_CACHE_SIZE = 200_000
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -230,7 +236,12 @@ class WordVocab:
         """The id an out-of-vocabulary word gets: its class entry, else ``[UNK]``."""
         if not self._has_classes:
             return UNK_ID
-        return self._vocab.get(unknown_class(word), UNK_ID)
+        idx = self._unknown_cache.get(word)
+        if idx is None:
+            if len(self._unknown_cache) >= self.UNKNOWN_CACHE_SIZE:
+                self._unknown_cache.clear()
+            idx = self._unknown_cache[word] = self._vocab.get(unknown_class(word), UNK_ID)
+        return idx
 
     @property
     def unknown_classes(self) -> bool:

@@ -1,12 +1,15 @@
 """Keras-like layers over the ops backends: NumPy arrays in and out on the CPU.
 
-    y, backprop = layer.forward(x, mask=None, train=True); dx = backprop(dy)
+    y, backprop = layer.forward(x, spans=None, train=True); dx = backprop(dy)
+        spans: a tagger.spans.Spans (the batch's padding), or a Keras mask= converted once
     layer(x, mask=None) -> inference output
     get_weights() / set_weights() in Keras layouts
     CRF: identity in the stack; loss / decode / marginals on the emissions (layers/crf.py)
     GlobalMaxPooling1D, GlobalAveragePooling1D: (B, T, F) -> (B, F) over the real steps
 """
-from .base import Layer, mask_to_spans
+from tagger.spans import Spans
+
+from .base import Layer, as_spans, deserialize, serialize
 from .core import Dense, Dropout, Embedding
 from .crf import CRF
 from .pooling import GlobalAveragePooling1D, GlobalMaxPooling1D
@@ -15,5 +18,6 @@ from .sequential import Sequential
 
 __all__ = [
     "Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF",
-    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Sequential", "mask_to_spans",
+    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Sequential", "Spans", "as_spans",
+    "serialize", "deserialize",
 ]

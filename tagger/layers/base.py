@@ -1,14 +1,18 @@
-"""The Layer protocol, masks, initialisers and seeding shared by every layer.
+"""The Layer protocol, padding spans, initialisers and seeding shared by every layer.
 
 A layer owns its weights as arrays of its ops backend (NumPy for 'reference' and 'cpu',
 device arrays for 'cuda'):
 
-    y, backprop = layer.forward(x, mask=None, train=True)
+    y, backprop = layer.forward(x, spans=None, train=True)
     dx = backprop(dy)          # accumulates into layer.grads (aligned with get_weights())
     y = layer(x, mask=None)    # inference; NumPy in, NumPy out
 
-`mask` is a boolean (B, T) array (True = real step) or a (B,) array of lengths; every
-layer turns it into (starts, lengths) once, so pre- and post-padding follow one rule.
+Padding is described once, by a `tagger.spans.Spans` (starts, lengths): a batch computes it
+(PaddedBatch.spans) and the same object goes down the whole chain. At the public API a
+Keras-style `mask` (boolean (B, T), True = real step, or (B,) lengths) is accepted in its
+place and converted once, by `as_spans`. Subclasses implement `call(x, spans, train)` with
+`spans` already a Spans or None (None: no padding), and `output_spans(spans)`, the spans
+their output carries (Keras' compute_mask).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.ops import get_ops
+from tagger.spans import Spans
 
 
 def resolve_ops(ops):
@@ -23,41 +28,18 @@ def resolve_ops(ops):
     return get_ops(ops) if isinstance(ops, str) or ops is None else ops
 
 
-# ----------------------------------------------------------------------------------------
-# masks
+def as_spans(mask, shape):
+    """Spans from a Spans, a Keras mask ((B, T) bool or (B,) lengths), or None (stays None)."""
+    if mask is None or isinstance(mask, Spans) and (mask.batch, mask.timesteps) == tuple(shape[:2]):
+        return mask
+    return Spans.from_mask(mask, int(shape[0]), int(shape[1]))
 
 
-def as_mask(mask, batch, timesteps):
-    """A boolean (B, T) mask from a mask or from (B,) lengths (post-padding)."""
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    if mask.ndim == 1:
-        if mask.shape[0] != batch:
-            raise TaggerError(f"lengths has {mask.shape[0]} entries for a batch of {batch}")
-        if (mask < 0).any() or (mask > timesteps).any():
-            raise TaggerError(f"lengths must lie in 0..{timesteps} (the padded timesteps)")
-        return np.arange(timesteps)[None, :] < mask[:, None]
-    if mask.shape != (batch, timesteps):
-        raise TaggerError(f"mask shape {mask.shape} does not match the input's (batch, timesteps) = {(batch, timesteps)}")
-    return mask.astype(bool)
-
-
-def mask_to_spans(mask, batch, timesteps):
-    """(starts, lengths) int64 (B,) from a (B, T) mask whose real steps form one run per row."""
-    if mask is None:
-        return np.zeros(batch, dtype=np.int64), np.full(batch, timesteps, dtype=np.int64)
-    mask = as_mask(mask, batch, timesteps)
-    lengths = mask.sum(axis=1).astype(np.int64)
-    starts = np.where(lengths > 0, mask.argmax(axis=1), 0).astype(np.int64)
-    t = np.arange(timesteps)[None, :]
-    contiguous = (t >= starts[:, None]) & (t < (starts + lengths)[:, None])
-    if not np.array_equal(contiguous, mask):
-        bad = int(np.nonzero((contiguous != mask).any(axis=1))[0][0])
-        raise TaggerError(
-            f"mask row {bad} has a gap: each row must be one run of real steps (pre- or post-padding)"
-        )
-    return starts, lengths
+def spans_of(spans, shape):
+    """(starts, lengths) for the ops: the given spans, or every step real when None."""
+    if spans is None:
+        spans = Spans.full(int(shape[0]), int(shape[1]))
+    return spans.starts, spans.lengths
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,6 +75,44 @@ def orthogonal(rng, shape, gain=1.0):
 
 def uniform(rng, shape, limit=0.05):
     return rng.uniform(-limit, limit, size=shape)
+
+
+def _fans(shape):
+    # Keras' compute_fans for the 1-D and 2-D weights layers have here
+    return (shape[0], shape[0]) if len(shape) == 1 else (int(np.prod(shape[:-1])), shape[-1])
+
+
+def _variance_scaling(scale, mode):
+    def init(rng, shape):
+        fan_in, fan_out = _fans(shape)
+        n = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        return uniform(rng, shape, np.sqrt(3.0 * scale / max(1.0, n)))
+
+    return init
+
+
+# Keras initializer names -> f(rng, shape). Weights are drawn in float64 from the layer's
+# own generator, so one seed gives the same weights for every dtype and backend.
+INITIALIZERS = {
+    "glorot_uniform": glorot_uniform,
+    "orthogonal": orthogonal,
+    "zeros": lambda rng, shape: np.zeros(shape),
+    "ones": lambda rng, shape: np.ones(shape),
+    "uniform": uniform,
+    "random_uniform": uniform,
+    "random_normal": lambda rng, shape: rng.normal(0.0, 0.05, size=shape),
+    "he_uniform": _variance_scaling(2.0, "fan_in"),
+    "lecun_uniform": _variance_scaling(1.0, "fan_in"),
+}
+
+
+def get_initializer(init, what):
+    """An initializer by Keras name, or a callable f(shape) -> array used as it is."""
+    if callable(init):
+        return lambda rng, shape: np.asarray(init(shape), dtype=np.float64).reshape(shape)
+    if init not in INITIALIZERS:
+        raise TaggerError(f"{what}: unknown initializer {init!r}; choose one of {', '.join(INITIALIZERS)} or pass a callable")
+    return INITIALIZERS[init]
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,6 +189,19 @@ class Layer:
     def count_params(self):
         return int(sum(int(np.prod(p.shape)) for p in self.params))
 
+    # -- config (Keras' get_config / from_config) ---------------------------------------
+    # constructor arguments a subclass stores under the same attribute names
+    config_keys: tuple[str, ...] = ()
+
+    def get_config(self) -> dict:
+        """The constructor arguments that rebuild this layer (weights not included)."""
+        base = {"name": self.name, "trainable": self.trainable, "seed": self.seed, "dtype": self.dtype.name}
+        return {**base, **{k: getattr(self, k) for k in self.config_keys}}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
     def zero_grad(self):
         for k, g in enumerate(self.grads):
             self.ops.fill_(g, 0.0, self.grad_rows[k])
@@ -192,19 +225,27 @@ class Layer:
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def compute_mask(self, x, mask):
-        return mask
+    def output_spans(self, spans):
+        """The spans of this layer's output (Keras' compute_mask): the input's by default."""
+        return spans
 
     def next_seed(self):
         self._calls += 1
         return call_seed(self.seed, self._calls)
 
     # -- running ------------------------------------------------------------------------
-    def forward(self, x, mask=None, train=True):
+    def forward(self, x, spans=None, train=True, mask=None, **kwargs):
+        """(y, backprop). `spans` (a Spans) or a Keras `mask` describe the padding; kwargs
+        are the layer's own call arguments (initial_state for the recurrent layers)."""
+        return self.call(x, as_spans(spans if mask is None else mask, tuple(x.shape)), train, **kwargs)
+
+    def call(self, x, spans, train):
         raise NotImplementedError
 
-    def __call__(self, x, mask=None):
-        y, _ = self.forward(self.ops.asarray(x), mask=mask, train=False)
+    def __call__(self, x, mask=None, **kwargs):
+        if kwargs.get("initial_state") is not None:
+            kwargs["initial_state"] = [self.ops.asarray(s, dtype=self.dtype) for s in kwargs["initial_state"]]
+        y, _ = self.forward(self.ops.asarray(x), mask=mask, train=False, **kwargs)
         if isinstance(y, (list, tuple)):
             return [np.asarray(self.ops.to_numpy(v)) for v in y]
         return np.asarray(self.ops.to_numpy(y))
@@ -214,3 +255,34 @@ class Layer:
             raise TaggerError(
                 f"layer {self.name!r} expects {what}, got an array of shape {tuple(x.shape)}"
             )
+
+
+# ----------------------------------------------------------------------------------------
+# serialization (Keras' {"class_name", "config"})
+
+
+def serialize(layer) -> dict:
+    """{"class_name": ..., "config": layer.get_config()}, as Keras writes a layer."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def layer_classes() -> dict[str, type]:
+    """Every Layer subclass defined in tagger.layers, by class name."""
+    found, todo = {}, [Layer]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("tagger.layers") and not sub.__name__.startswith("_"):
+                found[sub.__name__] = sub
+    return found
+
+
+def deserialize(spec: dict):
+    """A new, unbuilt layer from serialize()'s output: the class is looked up among
+    tagger's own layers (no weights, and no code named by the data is imported or run)."""
+    name = spec.get("class_name") if isinstance(spec, dict) else None
+    cls = layer_classes().get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise TaggerError(f"unknown layer class {name!r}; expected one of {', '.join(sorted(layer_classes()))}")
+    return cls.from_config(spec.get("config", {}))

@@ -4,15 +4,15 @@ Legend: B batch, T timesteps, F features.
 
     (B, T, F) -> (B, F): the max or the mean over each sequence's real steps.
 
-The mask (from an Embedding with mask_zero=True, passed on by a return_sequences LSTM or
-Bidirectional) becomes (starts, lengths) like everywhere else, so pre- and post-padding
-follow one rule: padded steps never win the max and never count in the mean, whatever
+The spans (a batch's, or an Embedding's with mask_zero=True, passed on by a
+return_sequences LSTM or Bidirectional) are the same (starts, lengths) as everywhere
+else, so pre- and post-padding follow one rule: padded steps never win the max and never count in the mean, whatever
 they hold. A row with no real step pools to 0 (Keras' mean gives NaN there). No weights;
 the output carries no mask.
 """
 from __future__ import annotations
 
-from .base import Layer, mask_to_spans
+from .base import Layer, spans_of
 
 
 class _GlobalPooling1D(Layer):
@@ -21,14 +21,14 @@ class _GlobalPooling1D(Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
 
-    def compute_mask(self, x, mask):
+    def output_spans(self, spans):
         return None
 
-    def forward(self, x, mask=None, train=True):
+    def call(self, x, spans, train):
         self.check_input(x, (3,), "input of shape (batch, timesteps, features)")
         self.ensure_built(tuple(x.shape))
-        B, T, _ = tuple(x.shape)
-        starts, lengths = mask_to_spans(mask, B, T)
+        T = tuple(x.shape)[1]
+        starts, lengths = spans_of(spans, tuple(x.shape))
         ops = self.ops
         y, argmax = ops.pool_forward(x, starts, lengths, self.mode)
 

@@ -11,7 +11,10 @@ import numpy as np
 from tagger.errors import TaggerError
 from tagger.ops.reference import MERGE_MODES
 
-from .base import Layer, glorot_uniform, mask_to_spans, orthogonal
+from .base import Layer, get_initializer, spans_of
+
+# activations of the LSTM gates (Keras names; None means linear)
+LSTM_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
 
 
 class LSTM(Layer):
@@ -23,45 +26,99 @@ class LSTM(Layer):
     Keras, which returns the reversed sequence, the outputs are aligned with the input
     time steps: y[:, t] is the state after reading x[:, t] (so a Bidirectional merge needs
     no flip, and padded steps stay where the padding is).
-    dropout: on the inputs, recurrent_dropout: on h before the recurrent kernel; each is
-    one mask per sequence, shared by all time steps (Keras' behaviour).
     The final state is the state at the last real token (forward) or after the first
     token (go_backwards), whatever the padding side.
+
+    activation (candidate and output, default tanh) and recurrent_activation (gates i, f,
+    o, default sigmoid): one of LSTM_ACTIVATIONS (None = linear, as in Keras).
+    use_bias=False: no bias weight (Keras: two weights instead of three).
+    kernel_initializer / recurrent_initializer / bias_initializer: Keras names (see
+    layers.base.INITIALIZERS) or a callable f(shape); unit_forget_bias sets the forget
+    gate's bias to 1, as Keras does.
+
+    Dropout, and how it differs from Keras: `dropout` scales the inputs and
+    `recurrent_dropout` the state h before the recurrent kernel, each with ONE mask per
+    sequence shared by all time steps and by all four gates. Keras 3 does the same when
+    only `dropout` is set (its fused implementation 2); when `recurrent_dropout` is set it
+    switches to implementation 1 and draws four independent masks per sequence, one per
+    gate, for the inputs and for h. tagger keeps the one shared mask (the input projection
+    stays one GEMM for all gates); the expected value is the same, the noise is correlated
+    across gates. The random draws themselves differ from Keras' in any case.
     """
+
+    config_keys = (
+        "units", "activation", "recurrent_activation", "use_bias", "kernel_initializer",
+        "recurrent_initializer", "bias_initializer", "unit_forget_bias", "dropout",
+        "recurrent_dropout", "return_sequences", "return_state", "go_backwards",
+    )
 
     def __init__(
         self,
         units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        unit_forget_bias=True,
+        dropout=0.0,
+        recurrent_dropout=0.0,
         return_sequences=False,
         return_state=False,
         go_backwards=False,
-        dropout=0.0,
-        recurrent_dropout=0.0,
-        unit_forget_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         for what, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= rate < 1.0:
                 raise TaggerError(f"LSTM {what} must be in [0, 1), got {rate}")
+        if int(units) < 1:
+            raise TaggerError(f"LSTM units must be a positive integer, got {units}")
+        for what, act in (("activation", activation), ("recurrent_activation", recurrent_activation)):
+            if (act or "linear") not in LSTM_ACTIVATIONS:
+                raise TaggerError(f"LSTM {what}: unknown activation {act!r}; choose one of {', '.join(LSTM_ACTIVATIONS)}")
+        for what, init in (("kernel_initializer", kernel_initializer), ("recurrent_initializer", recurrent_initializer),
+                           ("bias_initializer", bias_initializer)):
+            get_initializer(init, f"LSTM {what}")
         self.units = int(units)
+        self.activation = activation or "linear"
+        self.recurrent_activation = recurrent_activation or "linear"
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        self.unit_forget_bias = unit_forget_bias
         self.return_sequences = return_sequences
         self.return_state = return_state
         self.go_backwards = go_backwards
         self.dropout = float(dropout)
         self.recurrent_dropout = float(recurrent_dropout)
-        self.unit_forget_bias = unit_forget_bias
 
     def build(self, input_shape):
         I, H = input_shape[-1], self.units
         if I is None:
             raise TaggerError(f"layer {self.name!r} needs the feature size of its input")
-        self.add_weight("kernel", glorot_uniform(self.rng, (I, 4 * H)))
-        self.add_weight("recurrent_kernel", orthogonal(self.rng, (H, 4 * H)))
-        bias = np.zeros(4 * H)
-        if self.unit_forget_bias:
-            bias[H : 2 * H] = 1.0
-        self.add_weight("bias", bias)
+        self.add_weight("kernel", get_initializer(self.kernel_initializer, "kernel")(self.rng, (I, 4 * H)))
+        self.add_weight("recurrent_kernel", get_initializer(self.recurrent_initializer, "recurrent")(self.rng, (H, 4 * H)))
+        if self.use_bias:
+            init = get_initializer(self.bias_initializer, "bias")
+            if self.unit_forget_bias:  # Keras: [init(H), ones(H), init(2H)]
+                bias = np.concatenate([init(self.rng, (H,)), np.ones(H), init(self.rng, (2 * H,))])
+            else:
+                bias = init(self.rng, (4 * H,))
+            self.add_weight("bias", bias)
+        else:
+            # the ops always add a bias: a constant zero one, which is not a weight
+            self._zero_bias = self.ops.zeros((4 * H,), dtype=self.dtype)
+            self._zero_bias_grad = self.ops.zeros((4 * H,), dtype=self.dtype)
+
+    def _weights_for_ops(self):
+        """(kernel, recurrent_kernel, bias) and their three gradient buffers, for the ops."""
+        if self.use_bias:
+            return tuple(self.params), tuple(self.grads)
+        self.ops.fill_(self._zero_bias_grad, 0.0)
+        return (*self.params, self._zero_bias), (*self.grads, self._zero_bias_grad)
 
     def compute_output_shape(self, input_shape):
         B, T = input_shape[0], input_shape[1]
@@ -70,46 +127,87 @@ class LSTM(Layer):
             return [out, (B, self.units), (B, self.units)]
         return out
 
-    def compute_mask(self, x, mask):
-        return mask if self.return_sequences else None
+    def output_spans(self, spans):
+        return spans if self.return_sequences else None
 
-    def forward(self, x, mask=None, train=True):
+    # The one LSTM path: call() and Bidirectional both run `op_args` -> ops -> `outputs`,
+    # so the checks, the dropout masks and the routing of the gradients exist once.
+    def op_args(self, x, spans, train, initial_state=None):
+        """The arguments of ops.lstm_forward for this call: checked input, spans, dropout
+        masks, activations and the initial state [h0, c0] (or None: zeros)."""
         self.check_input(x, (3,), "input of shape (batch, timesteps, features)")
         self.ensure_built(tuple(x.shape))
         B, T, I = x.shape
         if I != self.params[0].shape[0]:
             raise TaggerError(f"layer {self.name!r} expects {self.params[0].shape[0]} features, got {I}")
         ops = self.ops
-        starts, lengths = mask_to_spans(mask, B, T)
+        starts, lengths = spans_of(spans, (B, T))
         in_mask = rec_mask = None
         if train and self.dropout > 0:
             in_mask = ops.dropout_mask((B, I), self.dropout, self.next_seed(), self.dtype)
         if train and self.recurrent_dropout > 0:
             rec_mask = ops.dropout_mask((B, self.units), self.recurrent_dropout, self.next_seed(), self.dtype)
-        kernel, recurrent, bias = self.params
-        Y, h, c, cache = ops.lstm_forward(
-            x, kernel, recurrent, bias, starts, lengths, self.go_backwards, in_mask, rec_mask
-        )
+        h0, c0 = self._initial_state(initial_state, B)
+        weights, _ = self._weights_for_ops()
+        return (x, *weights, starts, lengths, self.go_backwards, in_mask, rec_mask,
+                self.activation, self.recurrent_activation, h0, c0)
+
+    def _initial_state(self, initial_state, batch):
+        if initial_state is None:
+            return None, None
+        if len(initial_state) != 2:
+            raise TaggerError(f"layer {self.name!r}: initial_state is [h, c], got {len(initial_state)} arrays")
+        for what, state in zip("hc", initial_state):
+            if tuple(state.shape) != (batch, self.units):
+                raise TaggerError(
+                    f"layer {self.name!r}: initial state {what} must have shape {(batch, self.units)}, got {tuple(state.shape)}"
+                )
+        return initial_state[0], initial_state[1]
+
+    def outputs(self, result, initial_state=None):
+        """(layer output, backward_args, state_grads) from ops.lstm_forward's (Y, h, c, cache).
+
+        backward_args(dy) are the arguments of ops.lstm_backward for the gradient dy of the
+        output (a list [dout, dh, dc] with return_state): with return_sequences dout is dY;
+        without, dout is the gradient of the final h and adds to dh. With an initial state,
+        state_grads [dh0, dc0] are the buffers the backward accumulates its gradient into."""
+        ops = self.ops
+        Y, h, c, cache = result
         out = Y if self.return_sequences else h
+        state_grads = None
+        if initial_state is not None:
+            state_grads = [ops.zeros(tuple(h.shape), dtype=self.dtype) for _ in range(2)]
+
+        def backward_args(dy):
+            dout, dh, dc = dy if self.return_state else (dy, None, None)
+            dY = dout if self.return_sequences else None
+            if not self.return_sequences and dout is not None:
+                dh = dout if dh is None else ops.merge_forward(dh, dout, "sum")
+            return (cache, dY, dh, dc, *self._weights_for_ops()[1], *(state_grads or ()))
+
+        return ([out, h, c] if self.return_state else out), backward_args, state_grads
+
+    def call(self, x, spans, train, initial_state=None):
+        """initial_state=[h0, c0] (Keras): backprop then returns [dx, dh0, dc0]."""
+        ops = self.ops
+        result = ops.lstm_forward(*self.op_args(x, spans, train, initial_state))
+        out, backward_args, state_grads = self.outputs(result, initial_state)
 
         def backprop(dy):
-            if self.return_state:
-                dout, dh, dc = dy
-            else:
-                dout, dh, dc = dy, None, None
-            if self.return_sequences:
-                dY = dout
-            else:
-                dY = None
-                if dout is not None:
-                    dh = dout if dh is None else _add(ops, dh, dout)
-            return ops.lstm_backward(cache, dY, dh, dc, *self.grads)
+            dx = ops.lstm_backward(*backward_args(dy))
+            return dx if state_grads is None else [dx, *state_grads]
 
-        return ([out, h, c] if self.return_state else out), backprop
+        return out, backprop
 
 
-def _add(ops, a, b):
-    return ops.merge_forward(a, b, "sum")
+def _joined(attr):
+    """A view of the forward then the backward layer's list `attr` (the assignment
+    Layer.__init__ makes is ignored: the lists live in the two LSTMs)."""
+
+    def get(self):
+        return getattr(self.forward_layer, attr) + getattr(self.backward_layer, attr) if self.built else []
+
+    return property(get, lambda self, value: None)
 
 
 class Bidirectional(Layer):
@@ -121,8 +219,8 @@ class Bidirectional(Layer):
     """
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
-        if not isinstance(layer, LSTM):
-            raise TaggerError("Bidirectional wraps an LSTM layer")
+        if not isinstance(layer, LSTM) or not isinstance(backward_layer, (LSTM, type(None))):
+            raise TaggerError("Bidirectional wraps LSTM layers (layer and backward_layer)")
         if merge_mode not in MERGE_MODES:
             raise TaggerError(f"unknown merge_mode {merge_mode!r}; choose one of {', '.join(MERGE_MODES)}")
         kwargs.setdefault("ops", layer._ops)
@@ -132,25 +230,31 @@ class Bidirectional(Layer):
         self.merge_mode = merge_mode
         self.forward_layer = layer
         if backward_layer is None:
-            backward_layer = LSTM(
-                layer.units,
-                return_sequences=layer.return_sequences,
-                return_state=layer.return_state,
-                go_backwards=not layer.go_backwards,
-                dropout=layer.dropout,
-                recurrent_dropout=layer.recurrent_dropout,
-                unit_forget_bias=layer.unit_forget_bias,
-                name=layer.name,
-                trainable=layer.trainable,
-                ops=layer._ops,
-                dtype=layer.dtype,
-            )
+            # Keras: a copy of the layer's config with go_backwards=True
+            config = {**layer.get_config(), "go_backwards": True, "seed": None}
+            backward_layer = LSTM.from_config(config)
+        _check_directions(layer, backward_layer)
         backward_layer.ops = layer.ops = self._ops
         self.backward_layer = backward_layer
         layer.name = f"forward_{layer.name}"
         backward_layer.name = f"backward_{backward_layer.name}"
         self.return_sequences = layer.return_sequences
         self.return_state = layer.return_state
+
+    def get_config(self):
+        config = {k: v for k, v in super().get_config().items() if k != "seed" or v is not None}
+        layer_config = {**self.forward_layer.get_config(), "name": self.forward_layer.name.removeprefix("forward_")}
+        backward_config = {**self.backward_layer.get_config(), "name": self.backward_layer.name.removeprefix("backward_")}
+        return {**config, "merge_mode": self.merge_mode,
+                "layer": {"class_name": "LSTM", "config": layer_config},
+                "backward_layer": {"class_name": "LSTM", "config": backward_config}}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layer = LSTM.from_config(config.pop("layer")["config"])
+        backward = config.pop("backward_layer", None)
+        return cls(layer, backward_layer=None if backward is None else LSTM.from_config(backward["config"]), **config)
 
     def sublayers(self):
         return [self.forward_layer, self.backward_layer]
@@ -164,21 +268,9 @@ class Bidirectional(Layer):
         self.backward_layer.ensure_built(input_shape)
 
     # weights live in the two LSTMs; these views are derived so they never go stale
-    @property
-    def params(self):
-        return self.forward_layer.params + self.backward_layer.params if self.built else []
-
-    @params.setter
-    def params(self, value):
-        pass
-
-    @property
-    def grads(self):
-        return self.forward_layer.grads + self.backward_layer.grads if self.built else []
-
-    @grads.setter
-    def grads(self, value):
-        pass
+    params = _joined("params")
+    grads = _joined("grads")
+    grad_rows = _joined("grad_rows")
 
     @property
     def param_names(self):
@@ -188,14 +280,6 @@ class Bidirectional(Layer):
 
     @param_names.setter
     def param_names(self, value):
-        pass
-
-    @property
-    def grad_rows(self):
-        return self.forward_layer.grad_rows + self.backward_layer.grad_rows
-
-    @grad_rows.setter
-    def grad_rows(self, value):
         pass
 
     def zero_grad(self):
@@ -220,40 +304,35 @@ class Bidirectional(Layer):
             return [out, st, st, st, st]
         return out
 
-    def compute_mask(self, x, mask):
-        return mask if self.return_sequences else None
+    def output_spans(self, spans):
+        return spans if self.return_sequences else None
 
-    def forward(self, x, mask=None, train=True):
+    def call(self, x, spans, train, initial_state=None):
+        """initial_state=[h_fw, c_fw, h_bw, c_bw] (Keras: the first half for the forward
+        layer); backprop then returns [dx, dh_fw, dc_fw, dh_bw, dc_bw]."""
         self.ensure_built(tuple(x.shape))
         ops = self.ops
         fw, bw = self.forward_layer, self.backward_layer
-        pair = getattr(ops, "lstm_forward_pair", None)
-        if pair is not None and not self.return_state:
-            # the two directions are independent until the merge: the backend runs them
-            # concurrently (two threads) when it has the cores
-            (yf, back_f), (yb, back_b) = _lstm_pair(ops, fw, bw, x, mask, train)
-        else:
-            yf, back_f = fw.forward(x, mask, train)
-            yb, back_b = bw.forward(x, mask, train)
+        if initial_state is not None and len(initial_state) != 4:
+            raise TaggerError(f"layer {self.name!r}: initial_state is [h_fw, c_fw, h_bw, c_bw], got {len(initial_state)} arrays")
+        state_f, state_b = (None, None) if initial_state is None else (initial_state[:2], initial_state[2:])
+        # the two directions are independent until the merge: the backend may run the pair
+        # concurrently (ops.CONCURRENT_PAIR); either way both go through LSTM's one path
+        result_f, result_b = ops.lstm_forward_pair(fw.op_args(x, spans, train, state_f), bw.op_args(x, spans, train, state_b))
+        yf, args_f, grads_f = fw.outputs(result_f, state_f)
+        yb, args_b, grads_b = bw.outputs(result_b, state_b)
         of = yf[0] if self.return_state else yf
         ob = yb[0] if self.return_state else yb
         out = ops.merge_forward(of, ob, self.merge_mode)
 
         def backprop(dy):
-            if self.return_state:
-                dout, dhf, dcf, dhb, dcb = dy
-            else:
-                dout = dy
+            dout, states = (dy[0], dy[1:]) if self.return_state else (dy, None)
             dof, dob = ops.merge_backward(dout, of, ob, self.merge_mode)
-            if getattr(back_f, "pairable", False):
-                dxf, dxb = ops.lstm_backward_pair(back_f.args(dof), back_b.args(dob))
-            elif self.return_state:
-                dxf = back_f([dof, dhf, dcf])
-                dxb = back_b([dob, dhb, dcb])
-            else:
-                dxf = back_f(dof)
-                dxb = back_b(dob)
-            return _add(ops, dxf, dxb)
+            if self.return_state:
+                dof, dob = [dof, states[0], states[1]], [dob, states[2], states[3]]
+            dxf, dxb = ops.lstm_backward_pair(args_f(dof), args_b(dob))
+            dx = ops.merge_forward(dxf, dxb, "sum")
+            return dx if initial_state is None else [dx, *grads_f, *grads_b]
 
         if self.return_state:
             return [out, yf[1], yf[2], yb[1], yb[2]], backprop
@@ -279,55 +358,35 @@ class Bidirectional(Layer):
             return True
         return False
 
-    def infer_from_ids(self, embedding, ids, mask):
+    def infer_from_ids(self, embedding, ids, spans):
         """Inference straight from token ids: each direction looks its input projection up
         in a table P = embeddings @ kernel (V, 4H), computed once per weight version, instead
         of multiplying every token's vector (a third of the forward's arithmetic).
         Only for backends with lstm_forward_ids; equal to forward(embedding(ids)) otherwise."""
         ops = self.ops
-        B, T = ids.shape
-        starts, lengths = mask_to_spans(mask, B, T)
+        starts, lengths = spans_of(spans, ids.shape)
         args = []
         for lstm in (self.forward_layer, self.backward_layer):
             key = (id(embedding), embedding.version, lstm.version)
             if getattr(lstm, "_projection_key", None) != key:
                 lstm._projection = ops.lstm_input_table(embedding.params[0], lstm.params[0])
                 lstm._projection_key = key
-            args.append((lstm._projection, ids, lstm.params[1], lstm.params[2], starts, lengths, lstm.go_backwards))
+            (_, recurrent, bias), _ = lstm._weights_for_ops()
+            args.append((lstm._projection, ids, recurrent, bias, starts, lengths, lstm.go_backwards,
+                         lstm.activation, lstm.recurrent_activation))
         (Yf, hf, _, _), (Yb, hb, _, _) = ops.lstm_forward_ids_pair(args[0], args[1])
         if self.return_sequences:
             return ops.merge_forward(Yf, Yb, self.merge_mode)
         return ops.merge_forward(hf, hb, self.merge_mode)
 
 
-def _lstm_pair(ops, fw, bw, x, mask, train):
-    """Both directions' forward through ops.lstm_forward_pair; returns ((y, backprop), ...)
-    with backprops that Bidirectional can also run as a pair."""
-    B, T, I = x.shape
-    starts, lengths = mask_to_spans(mask, B, T)
-    calls = []
-    for lstm in (fw, bw):
-        lstm.ensure_built(tuple(x.shape))
-        in_mask = rec_mask = None
-        if train and lstm.dropout > 0:
-            in_mask = ops.dropout_mask((B, I), lstm.dropout, lstm.next_seed(), lstm.dtype)
-        if train and lstm.recurrent_dropout > 0:
-            rec_mask = ops.dropout_mask((B, lstm.units), lstm.recurrent_dropout, lstm.next_seed(), lstm.dtype)
-        calls.append((x, *lstm.params, starts, lengths, lstm.go_backwards, in_mask, rec_mask))
-    results = ops.lstm_forward_pair(calls[0], calls[1])
-    out = []
-    for lstm, (Y, h, c, cache) in zip((fw, bw), results):
-        y = Y if lstm.return_sequences else h
-
-        def backprop(dy, lstm=lstm, cache=cache):
-            return ops.lstm_backward(*backprop.args(dy))
-
-        def args(dy, lstm=lstm, cache=cache):
-            if lstm.return_sequences:
-                return (cache, dy, None, None, *lstm.grads)
-            return (cache, None, dy, None, *lstm.grads)
-
-        backprop.args = args
-        backprop.pairable = True
-        out.append((y, backprop))
-    return out
+def _check_directions(fw, bw):
+    """Keras' refusals: the two layers read in opposite directions and agree on what they return."""
+    if fw.go_backwards == bw.go_backwards:
+        raise TaggerError(
+            f"Bidirectional: the forward and backward layers need different go_backwards, both are {fw.go_backwards} "
+            "(wrap a layer with go_backwards=False, and give backward_layer go_backwards=True)"
+        )
+    for attr in ("return_sequences", "return_state"):
+        if getattr(fw, attr) != getattr(bw, attr):
+            raise TaggerError(f"Bidirectional: the forward and backward layers need the same {attr}")

@@ -5,15 +5,16 @@ import numpy as np
 
 from tagger.errors import TaggerError
 
-from .base import Layer
+from .base import Layer, deserialize, serialize
 from .core import Dropout, Embedding
 from .recurrent import Bidirectional, LSTM
 
 
 class Sequential(Layer):
-    """Layers applied in order. The mask flows like in Keras: an Embedding with
-    mask_zero=True creates it from the ids, recurrent layers with return_sequences pass
-    it on, a layer returning one vector per sequence drops it.
+    """Layers applied in order. The spans flow like Keras' mask: given none, an Embedding
+    with mask_zero=True derives them from the ids; recurrent layers with return_sequences
+    pass them on, a layer returning one vector per sequence drops them. A training batch
+    hands in its own spans (PaddedBatch.spans), so nothing is recomputed per layer.
 
     `ops` / `dtype` / `seed` given here are handed to layers that were not built yet;
     each layer gets its own seed drawn from `seed`, so one seed fixes every weight.
@@ -44,6 +45,13 @@ class Sequential(Layer):
 
     def sublayers(self):
         return list(self.layers)
+
+    def get_config(self):
+        return {"name": self.name, "layers": [serialize(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls([deserialize(c) for c in config["layers"]], name=config.get("name", "sequential"))
 
     def leaves(self):
         """Layers that own weights directly (Bidirectional -> its two LSTMs)."""
@@ -122,24 +130,23 @@ class Sequential(Layer):
         return sum(leaf.count_params() for leaf in self.leaves() if leaf.trainable)
 
     # -- running ------------------------------------------------------------------------
-    def forward(self, x, mask=None, train=True):
+    def call(self, x, spans, train):
         if not self.built:
             self.build(tuple(x.shape))
-        backprops = []
         layers = self.layers
+        if spans is None and layers and isinstance(layers[0], Embedding):
+            spans = layers[0].spans_from_ids(x)
+        backprops = []
         if not train and self.projected_inference:
             fast = self._projected_prefix()
-            if fast is not None and fast[1] < len(layers) and layers[fast[1]].projection_pays(fast[0], x.shape):
+            if fast is not None and layers[fast[1]].projection_pays(fast[0], x.shape):
                 embedding, k = fast
-                ids = np.asarray(self.ops.to_numpy(x))
-                mask = embedding.compute_mask(x, mask)
-                x = layers[k].infer_from_ids(embedding, ids, mask)
-                mask = layers[k].compute_mask(x, mask)
+                x = layers[k].infer_from_ids(embedding, np.asarray(self.ops.to_numpy(x)), spans)
+                spans = layers[k].output_spans(spans)
                 layers = layers[k + 1 :]
         for layer in layers:
-            next_mask = layer.compute_mask(x, mask)
-            x, backprop = layer.forward(x, mask, train)
-            mask = next_mask
+            x, backprop = layer.call(x, spans, train)
+            spans = layer.output_spans(spans)
             backprops.append(backprop)
 
         def backprop(dy):
@@ -154,10 +161,10 @@ class Sequential(Layer):
 
     def _projected_prefix(self):
         """(embedding, index of the Bidirectional) when the stack starts Embedding ->
-        [Dropout...] -> Bidirectional(LSTM) and the backend can look projections up."""
+        [Dropout...] -> Bidirectional(LSTM) and the backend says the tables pay on it."""
         if not self.layers or not isinstance(self.layers[0], Embedding) or not self.layers[0].mask_zero:
             return None
-        if not hasattr(self.ops, "lstm_forward_ids_pair"):
+        if not self.ops.PROJECTED_INFERENCE:
             return None
         k = 1
         while k < len(self.layers) and isinstance(self.layers[k], Dropout):
@@ -205,4 +212,4 @@ def _row(cells, widths):
     return " " + "".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
 
-__all__ = ["Sequential", "LSTM", "Bidirectional"]
+__all__ = ["Sequential", "LSTM", "Bidirectional", "serialize", "deserialize"]

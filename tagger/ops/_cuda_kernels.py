@@ -30,6 +30,8 @@ from typing import Callable
 import numpy as np
 from numba import cuda, types
 
+from tagger.ops.reference import LSTM_ACT_CODES
+
 # splitmix64 constants (reference._splitmix64), as uint64 so numba keeps uint64 arithmetic
 _SM_ADD = np.uint64(0x9E3779B97F4A7C15)
 _SM_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -328,16 +330,35 @@ def make_sum_partial(dtype, tile, block):
 # read/write race between threads of the same step.
 
 
-@_register(
-    "lstm_step",
-    lambda d: (_a(d, 3), _a(d, 2), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), i64, i64_1, i64_1, i64, i64),
-)
+# The LSTM options (reference.py legend): gate_code (recurrent_activation, for i, f, o) and
+# cell_code (activation, for g and act(c)) are LSTM_ACT_CODES, uniform across the grid, so
+# the branches on them never diverge. The activation is written out where it is used (no
+# device functions, see the module docstring): once per kernel, in a loop over the five
+# activations of a unit (i, f, g, o, then act(c) once c is known).
+_A_RELU = LSTM_ACT_CODES["relu"]
+_A_TANH = LSTM_ACT_CODES["tanh"]
+_A_SIGMOID = LSTM_ACT_CODES["sigmoid"]
+_A_HARD = LSTM_ACT_CODES["hard_sigmoid"]
+
+
+def _lstm_fwd_sig(d, per_step):
+    # XW, U, Y, C, acts, Hp, rec_mask, has_rm, h0, has_h0, c0, has_c0, gate_code, cell_code,
+    # starts, lengths, [s,] reverse
+    return ((_a(d, 3), _a(d, 2), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), i64, _a(d, 2), i64, _a(d, 2), i64,
+             i64, i64, i64_1, i64_1) + ((i64,) if per_step else ()) + (i64,))
+
+
+@_register("lstm_step", lambda d: _lstm_fwd_sig(d, True))
 def make_lstm_step(dtype, tile, block):
     one = np.dtype(dtype).type(1)
     zero = np.dtype(dtype).type(0)
+    half = np.dtype(dtype).type(0.5)
+    six = np.dtype(dtype).type(6)
 
-    def k_lstm_step(XW, U, Y, C, acts, Hp, rec_mask, has_rm, starts, lengths, s, reverse):
-        # XW (B, T, G) = X W + b; U (H, G); Y, C, Hp (B, T, H); acts (B, T, G)
+    def k_lstm_step(XW, U, Y, C, acts, Hp, rec_mask, has_rm, h0, has_h0, c0, has_c0, gate_code, cell_code,
+                    starts, lengths, s, reverse):
+        # XW (B, T, G) = X W + b; U (H, G); Y, C, Hp (B, T, H); acts (B, T, G); h0, c0 (B, H)
+        # (initial state, read at s = 0 when has_h0 / has_c0)
         B = XW.shape[0]
         H = U.shape[0]
         for k in range(cuda.grid(1), B * H, cuda.gridsize(1)):
@@ -356,52 +377,82 @@ def make_lstm_step(dtype, tile, block):
             zf = XW[b, t, H + j]
             zg = XW[b, t, 2 * H + j]
             zo = XW[b, t, 3 * H + j]
-            cp = zero
-            if s > 0:
+            # h_prev, c_prev: the previous step's outputs, or the initial state at s = 0
+            if s > 0 or has_h0:
                 for q in range(H):
-                    hq = Y[b, tp, q]
+                    hq = Y[b, tp, q] if s > 0 else h0[b, q]
                     if has_rm:
                         hq = hq * rec_mask[b, q]
                     zi += hq * U[q, j]
                     zf += hq * U[q, H + j]
                     zg += hq * U[q, 2 * H + j]
                     zo += hq * U[q, 3 * H + j]
-                cp = C[b, tp, j]
-                hj = Y[b, tp, j]
+                hj = Y[b, tp, j] if s > 0 else h0[b, j]
                 if has_rm:
                     hj = hj * rec_mask[b, j]
                 Hp[b, t, j] = hj
-            # sigmoid split by sign so exp never overflows (as reference.sigmoid)
-            if zi >= 0:
-                ig = one / (one + math.exp(-zi))
-            else:
-                e = math.exp(zi)
-                ig = e / (one + e)
-            if zf >= 0:
-                fg = one / (one + math.exp(-zf))
-            else:
-                e = math.exp(zf)
-                fg = e / (one + e)
-            if zo >= 0:
-                og = one / (one + math.exp(-zo))
-            else:
-                e = math.exp(zo)
-                og = e / (one + e)
-            gg = math.tanh(zg)
-            c = fg * cp + ig * gg
-            h = og * math.tanh(c)
+            cp = zero
+            if s > 0:
+                cp = C[b, tp, j]
+            elif has_c0:
+                cp = c0[b, j]
+            ig = zero
+            fg = zero
+            gg = zero
+            og = zero
+            c = zero
+            for gi in range(5):
+                code = gate_code
+                if gi == 0:
+                    z = zi
+                elif gi == 1:
+                    z = zf
+                elif gi == 2:
+                    z = zg
+                    code = cell_code
+                elif gi == 3:
+                    z = zo
+                else:
+                    c = fg * cp + ig * gg
+                    z = c
+                    code = cell_code
+                if code == _A_SIGMOID:
+                    # split by sign so exp never overflows (as reference.sigmoid)
+                    if z >= zero:
+                        a = one / (one + math.exp(-z))
+                    else:
+                        e = math.exp(z)
+                        a = e / (one + e)
+                elif code == _A_TANH:
+                    a = math.tanh(z)
+                elif code == _A_HARD:
+                    a = min(max(z / six + half, zero), one)
+                elif code == _A_RELU:
+                    a = max(z, zero)
+                else:  # linear
+                    a = z
+                if gi == 0:
+                    ig = a
+                elif gi == 1:
+                    fg = a
+                elif gi == 2:
+                    gg = a
+                elif gi == 3:
+                    og = a
+                else:
+                    Y[b, t, j] = og * a
             acts[b, t, j] = ig
             acts[b, t, H + j] = fg
             acts[b, t, 2 * H + j] = gg
             acts[b, t, 3 * H + j] = og
             C[b, t, j] = c
-            Y[b, t, j] = h
 
     return k_lstm_step
 
 
-def k_lstm_last(Y, C, h, c, starts, lengths, reverse):
-    # h, c (B, H) = state at the last step taken (zeros for a length-0 row)
+def k_lstm_last(Y, C, h, c, h0, has_h0, c0, has_c0, starts, lengths, reverse):
+    # h, c (B, H) = state at the last step taken (the initial state, or zeros, for a
+    # length-0 row)
     B, H = h.shape
     for k in range(cuda.grid(1), B * H, cuda.gridsize(1)):
         b = k // H
@@ -412,26 +463,31 @@ def k_lstm_last(Y, C, h, c, starts, lengths, reverse):
             h[b, j] = Y[b, t, j]
             c[b, j] = C[b, t, j]
         else:
-            h[b, j] = 0
-            c[b, j] = 0
+            h[b, j] = h0[b, j] if has_h0 else 0
+            c[b, j] = c0[b, j] if has_c0 else 0
 
 
-_register("lstm_last", lambda d: (_a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), i64_1, i64_1, i64))(_plain(k_lstm_last))
+_register("lstm_last", lambda d: (_a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), _a(d, 2), i64, _a(d, 2), i64, i64_1, i64_1,
+                                  i64))(_plain(k_lstm_last))
 
 
-@_register(
-    "lstm_bstep",
-    lambda d: (
-        _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), i64, _a(d, 3), i64,
-        _a(d, 2), i64, _a(d, 2), _a(d, 2), i64, i64_1, i64_1, i64, i64,
-    ),
-)
+def _lstm_bwd_sig(d, per_step):
+    # dZ, acts, C, U, rec_mask, has_rm, dY, has_dy, dh_last, has_dh, dc_carry, dc_last, has_dc,
+    # c0, has_c0, gate_code, cell_code, starts, lengths, [s,] reverse
+    return ((_a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), i64, _a(d, 3), i64, _a(d, 2), i64, _a(d, 2), _a(d, 2),
+             i64, _a(d, 2), i64, i64, i64, i64_1, i64_1) + ((i64,) if per_step else ()) + (i64,))
+
+
+@_register("lstm_bstep", lambda d: _lstm_bwd_sig(d, True))
 def make_lstm_bstep(dtype, tile, block):
     one = np.dtype(dtype).type(1)
     zero = np.dtype(dtype).type(0)
+    half = np.dtype(dtype).type(0.5)
+    six = np.dtype(dtype).type(6)
+    sixth = np.dtype(dtype).type(1.0 / 6.0)
 
     def k_lstm_bstep(dZ, acts, C, U, rec_mask, has_rm, dY, has_dy, dh_last, has_dh,
-                     dc_carry, dc_last, has_dc, starts, lengths, s, reverse):
+                     dc_carry, dc_last, has_dc, c0, has_c0, gate_code, cell_code, starts, lengths, s, reverse):
         # Step s (walking s = max_len-1 .. 0). Thread (b, j) forms dh for unit j from the
         # dZ of step s+1 (written by the previous launch): dh_prev = dz @ U^T (* rec_mask),
         # then writes the four dZ[b, t, gate*H + j] of this step and its dc carry.
@@ -469,23 +525,121 @@ def make_lstm_bstep(dtype, tile, block):
             fg = acts[b, t, H + j]
             gg = acts[b, t, 2 * H + j]
             og = acts[b, t, 3 * H + j]
-            tc = math.tanh(C[b, t, j])
-            # 2. h = o * tanh(c)
+            # act(c) of the output, recomputed (the forward keeps c, not act(c))
+            cc = C[b, t, j]
+            if cell_code == _A_SIGMOID:
+                if cc >= zero:
+                    tc = one / (one + math.exp(-cc))
+                else:
+                    e = math.exp(cc)
+                    tc = e / (one + e)
+            elif cell_code == _A_TANH:
+                tc = math.tanh(cc)
+            elif cell_code == _A_HARD:
+                tc = min(max(cc / six + half, zero), one)
+            elif cell_code == _A_RELU:
+                tc = max(cc, zero)
+            else:  # linear
+                tc = cc
+            # derivative of each activation from its output (reference.lstm_dact): i, f, g, o, act(c)
+            di_z = zero
+            df_z = zero
+            dg_z = zero
+            do_z = zero
+            dtc = zero
+            for gi in range(5):
+                code = gate_code
+                if gi == 0:
+                    a = ig
+                elif gi == 1:
+                    a = fg
+                elif gi == 2:
+                    a = gg
+                    code = cell_code
+                elif gi == 3:
+                    a = og
+                else:
+                    a = tc
+                    code = cell_code
+                if code == _A_SIGMOID:
+                    d = a * (one - a)
+                elif code == _A_TANH:
+                    d = one - a * a
+                elif code == _A_HARD:
+                    d = sixth if (a > zero and a < one) else zero
+                elif code == _A_RELU:
+                    d = one if a > zero else zero
+                else:  # linear
+                    d = one
+                if gi == 0:
+                    di_z = d
+                elif gi == 1:
+                    df_z = d
+                elif gi == 2:
+                    dg_z = d
+                elif gi == 3:
+                    do_z = d
+                else:
+                    dtc = d
+            # 2. h = o * act(c)
             do = dh * tc
-            dc = dc + dh * og * (one - tc * tc)
-            # 3. c = f * c_prev + i * g
-            cp = C[b, tp, j] if s > 0 else zero
+            dc = dc + dh * og * dtc
+            # 3. c = f * c_prev + i * g   (c_prev = c0 at the first step, when given)
+            cp = zero
+            if s > 0:
+                cp = C[b, tp, j]
+            elif has_c0:
+                cp = c0[b, j]
             di = dc * gg
             dg = dc * ig
             df = dc * cp
             dc_carry[b, j] = dc * fg
             # 4. gate nonlinearities
-            dZ[b, t, j] = di * ig * (one - ig)
-            dZ[b, t, H + j] = df * fg * (one - fg)
-            dZ[b, t, 2 * H + j] = dg * (one - gg * gg)
-            dZ[b, t, 3 * H + j] = do * og * (one - og)
+            dZ[b, t, j] = di * di_z
+            dZ[b, t, H + j] = df * df_z
+            dZ[b, t, 2 * H + j] = dg * dg_z
+            dZ[b, t, 3 * H + j] = do * do_z
 
     return k_lstm_bstep
+
+
+@_register(
+    "lstm_dstate0",
+    lambda d: (_a(d, 3), _a(d, 2), _a(d, 2), i64, _a(d, 2), _a(d, 2), i64, _a(d, 2), i64, _a(d, 2), i64, _a(d, 2), i64,
+               i64_1, i64_1, i64),
+)
+def make_lstm_dstate0(dtype, tile, block):
+    zero = np.dtype(dtype).type(0)
+
+    def k_lstm_dstate0(dZ, U, rec_mask, has_rm, dc_carry, dh_last, has_dh, dc_last, has_dc, dh0, has_dh0, dc0,
+                       has_dc0, starts, lengths, reverse):
+        # After the backward recurrence: dh0, dc0 (B, H) += the gradient w.r.t. the state
+        # before each row's first step: (dz of that step) @ U^T (* rec_mask) and the dc
+        # carried out of it; for a length-0 row (its final state is the initial one)
+        # dh_last and dc_last themselves.
+        B, H = dc_carry.shape
+        G = 4 * H
+        for k in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+            b = k // H
+            j = k % H
+            L = lengths[b]
+            if L > 0:
+                t = starts[b] + L - 1 if reverse else starts[b]
+                dh = zero
+                for q in range(G):
+                    dh += dZ[b, t, q] * U[j, q]
+                if has_rm:
+                    dh = dh * rec_mask[b, j]
+                dc = dc_carry[b, j]
+            else:
+                dh = dh_last[b, j] if has_dh else zero
+                dc = dc_last[b, j] if has_dc else zero
+            if has_dh0:
+                dh0[b, j] = dh0[b, j] + dh
+            if has_dc0:
+                dc0[b, j] = dc0[b, j] + dc
+
+    return k_lstm_dstate0
 
 
 # ----------------------------------------------------------------------------------------
@@ -828,15 +982,15 @@ _register("sgd", lambda d: (_a(d, 2),) * 3 + (i64_1, i64) + (_ft(d),) * 3)(_plai
 # visible block-wide after syncthreads). U is read through L1/L2 every step.
 
 
-@_register(
-    "lstm_seq",
-    lambda d: (_a(d, 3), _a(d, 2), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), i64, i64_1, i64_1, i64),
-)
+@_register("lstm_seq", lambda d: _lstm_fwd_sig(d, False))
 def make_lstm_seq(dtype, tile, block):
     one = np.dtype(dtype).type(1)
     zero = np.dtype(dtype).type(0)
+    half = np.dtype(dtype).type(0.5)
+    six = np.dtype(dtype).type(6)
 
-    def k_lstm_seq(XW, U, Y, C, acts, Hp, rec_mask, has_rm, starts, lengths, reverse):
+    def k_lstm_seq(XW, U, Y, C, acts, Hp, rec_mask, has_rm, h0, has_h0, c0, has_c0, gate_code, cell_code,
+                   starts, lengths, reverse):
         B = XW.shape[0]
         H = U.shape[0]
         for b in range(cuda.blockIdx.x, B, cuda.gridDim.x):
@@ -853,62 +1007,90 @@ def make_lstm_seq(dtype, tile, block):
                     zf = XW[b, t, H + j]
                     zg = XW[b, t, 2 * H + j]
                     zo = XW[b, t, 3 * H + j]
-                    cp = zero
-                    if s > 0:
+                    # h_prev, c_prev: the previous step's outputs, or the initial state at s = 0
+                    if s > 0 or has_h0:
                         for q in range(H):
-                            hq = Y[b, tp, q]
+                            hq = Y[b, tp, q] if s > 0 else h0[b, q]
                             if has_rm:
                                 hq = hq * rec_mask[b, q]
                             zi += hq * U[q, j]
                             zf += hq * U[q, H + j]
                             zg += hq * U[q, 2 * H + j]
                             zo += hq * U[q, 3 * H + j]
-                        cp = C[b, tp, j]
-                        hj = Y[b, tp, j]
+                        hj = Y[b, tp, j] if s > 0 else h0[b, j]
                         if has_rm:
                             hj = hj * rec_mask[b, j]
                         Hp[b, t, j] = hj
-                    if zi >= 0:
-                        ig = one / (one + math.exp(-zi))
-                    else:
-                        e = math.exp(zi)
-                        ig = e / (one + e)
-                    if zf >= 0:
-                        fg = one / (one + math.exp(-zf))
-                    else:
-                        e = math.exp(zf)
-                        fg = e / (one + e)
-                    if zo >= 0:
-                        og = one / (one + math.exp(-zo))
-                    else:
-                        e = math.exp(zo)
-                        og = e / (one + e)
-                    gg = math.tanh(zg)
-                    c = fg * cp + ig * gg
+                    cp = zero
+                    if s > 0:
+                        cp = C[b, tp, j]
+                    elif has_c0:
+                        cp = c0[b, j]
+                    ig = zero
+                    fg = zero
+                    gg = zero
+                    og = zero
+                    c = zero
+                    for gi in range(5):
+                        code = gate_code
+                        if gi == 0:
+                            z = zi
+                        elif gi == 1:
+                            z = zf
+                        elif gi == 2:
+                            z = zg
+                            code = cell_code
+                        elif gi == 3:
+                            z = zo
+                        else:
+                            c = fg * cp + ig * gg
+                            z = c
+                            code = cell_code
+                        if code == _A_SIGMOID:
+                            # split by sign so exp never overflows (as reference.sigmoid)
+                            if z >= zero:
+                                a = one / (one + math.exp(-z))
+                            else:
+                                e = math.exp(z)
+                                a = e / (one + e)
+                        elif code == _A_TANH:
+                            a = math.tanh(z)
+                        elif code == _A_HARD:
+                            a = min(max(z / six + half, zero), one)
+                        elif code == _A_RELU:
+                            a = max(z, zero)
+                        else:  # linear
+                            a = z
+                        if gi == 0:
+                            ig = a
+                        elif gi == 1:
+                            fg = a
+                        elif gi == 2:
+                            gg = a
+                        elif gi == 3:
+                            og = a
+                        else:
+                            Y[b, t, j] = og * a
                     acts[b, t, j] = ig
                     acts[b, t, H + j] = fg
                     acts[b, t, 2 * H + j] = gg
                     acts[b, t, 3 * H + j] = og
                     C[b, t, j] = c
-                    Y[b, t, j] = og * math.tanh(c)
                 cuda.syncthreads()
 
     return k_lstm_seq
 
 
-@_register(
-    "lstm_bseq",
-    lambda d: (
-        _a(d, 3), _a(d, 3), _a(d, 3), _a(d, 2), _a(d, 2), i64, _a(d, 3), i64,
-        _a(d, 2), i64, _a(d, 2), _a(d, 2), i64, i64_1, i64_1, i64,
-    ),
-)
+@_register("lstm_bseq", lambda d: _lstm_bwd_sig(d, False))
 def make_lstm_bseq(dtype, tile, block):
     one = np.dtype(dtype).type(1)
     zero = np.dtype(dtype).type(0)
+    half = np.dtype(dtype).type(0.5)
+    six = np.dtype(dtype).type(6)
+    sixth = np.dtype(dtype).type(1.0 / 6.0)
 
     def k_lstm_bseq(dZ, acts, C, U, rec_mask, has_rm, dY, has_dy, dh_last, has_dh,
-                    dc_carry, dc_last, has_dc, starts, lengths, reverse):
+                    dc_carry, dc_last, has_dc, c0, has_c0, gate_code, cell_code, starts, lengths, reverse):
         # Backward of k_lstm_seq: block b walks s = L-1 .. 0 of sequence b; same
         # arithmetic, in the same order, as k_lstm_bstep.
         B = dZ.shape[0]
@@ -942,18 +1124,80 @@ def make_lstm_bseq(dtype, tile, block):
                     fg = acts[b, t, H + j]
                     gg = acts[b, t, 2 * H + j]
                     og = acts[b, t, 3 * H + j]
-                    tc = math.tanh(C[b, t, j])
+                    # act(c) of the output, recomputed (the forward keeps c, not act(c))
+                    cc = C[b, t, j]
+                    if cell_code == _A_SIGMOID:
+                        if cc >= zero:
+                            tc = one / (one + math.exp(-cc))
+                        else:
+                            e = math.exp(cc)
+                            tc = e / (one + e)
+                    elif cell_code == _A_TANH:
+                        tc = math.tanh(cc)
+                    elif cell_code == _A_HARD:
+                        tc = min(max(cc / six + half, zero), one)
+                    elif cell_code == _A_RELU:
+                        tc = max(cc, zero)
+                    else:  # linear
+                        tc = cc
+                    # derivative of each activation from its output (reference.lstm_dact): i, f, g, o, act(c)
+                    di_z = zero
+                    df_z = zero
+                    dg_z = zero
+                    do_z = zero
+                    dtc = zero
+                    for gi in range(5):
+                        code = gate_code
+                        if gi == 0:
+                            a = ig
+                        elif gi == 1:
+                            a = fg
+                        elif gi == 2:
+                            a = gg
+                            code = cell_code
+                        elif gi == 3:
+                            a = og
+                        else:
+                            a = tc
+                            code = cell_code
+                        if code == _A_SIGMOID:
+                            d = a * (one - a)
+                        elif code == _A_TANH:
+                            d = one - a * a
+                        elif code == _A_HARD:
+                            d = sixth if (a > zero and a < one) else zero
+                        elif code == _A_RELU:
+                            d = one if a > zero else zero
+                        else:  # linear
+                            d = one
+                        if gi == 0:
+                            di_z = d
+                        elif gi == 1:
+                            df_z = d
+                        elif gi == 2:
+                            dg_z = d
+                        elif gi == 3:
+                            do_z = d
+                        else:
+                            dtc = d
+                    # 2. h = o * act(c)
                     do = dh * tc
-                    dc = dc + dh * og * (one - tc * tc)
-                    cp = C[b, tp, j] if s > 0 else zero
+                    dc = dc + dh * og * dtc
+                    # 3. c = f * c_prev + i * g   (c_prev = c0 at the first step, when given)
+                    cp = zero
+                    if s > 0:
+                        cp = C[b, tp, j]
+                    elif has_c0:
+                        cp = c0[b, j]
                     di = dc * gg
                     dg = dc * ig
                     df = dc * cp
                     dc_carry[b, j] = dc * fg
-                    dZ[b, t, j] = di * ig * (one - ig)
-                    dZ[b, t, H + j] = df * fg * (one - fg)
-                    dZ[b, t, 2 * H + j] = dg * (one - gg * gg)
-                    dZ[b, t, 3 * H + j] = do * og * (one - og)
+                    # 4. gate nonlinearities
+                    dZ[b, t, j] = di * di_z
+                    dZ[b, t, H + j] = df * df_z
+                    dZ[b, t, 2 * H + j] = dg * dg_z
+                    dZ[b, t, 3 * H + j] = do * do_z
                 cuda.syncthreads()
 
     return k_lstm_bseq

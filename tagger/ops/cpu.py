@@ -22,6 +22,11 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
                            dh_prev = dz_s @ U^T                (n_s, H) the only per-step GEMM
               dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
               three large GEMMs after the time loop.
+    options   activation / recurrent_activation other than (tanh, sigmoid), or h0 / c0:
+              the same kernels, taking a per-call branch to loops that dispatch on an
+              activation code (reference.LSTM_ACT_CODES); h0 enters as the step-0 rows of
+              Hprev (one more GEMM), c0 as c_prev at step 0. The default branch is the
+              original loops, unchanged (bitwise and in speed).
 
 Transcendentals: libm's expf/tanhf do not vectorise without SVML, so float32 kernels use
 pure-arithmetic approximations that LLVM vectorises: the LSTM gates Eigen's rational tanh
@@ -30,12 +35,15 @@ Cephes-style exp(-|x|) (relative accuracy into the tail). float64 kernels use li
 serve the gradient checks, accuracy first. fastmath: only the "contract" flag (FMA), on the
 two LSTM kernels; see _JIT_FMA.
 
-Beyond OP_NAMES (optional helpers; layers may ignore them):
-    lstm_forward_pair / lstm_backward_pair   the two directions of a Bidirectional layer,
-                                             concurrently in two threads when threads >= 2
-    lstm_input_table, lstm_forward_ids(_pair) inference from token ids, the input projection
-                                             looked up in embedding @ W instead of computed
-    compile_notice(), warmup()               Numba cache state, and compiling every kernel
+Every op checks its arguments first (tagger/ops/_checks.py): no span, id, label, row or
+argmax that could index out of bounds reaches a kernel (the kernels do not bounds-check).
+
+Capabilities (tagger.ops.CAPABILITIES):
+    CONCURRENT_PAIR      True: lstm_forward_pair / lstm_backward_pair / lstm_forward_ids_pair
+                         run the two directions in two threads when threads >= 2
+    PROJECTED_INFERENCE  True: lstm_forward_ids looks the input projection up in
+                         lstm_input_table(embedding, W) instead of computing it
+Beyond OP_NAMES: compile_notice(), warmup()   Numba cache state, and compiling every kernel
 """
 from __future__ import annotations
 
@@ -46,13 +54,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
+from tagger.errors import TaggerError
+from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
+from tagger.ops._checks import run_pair
+from tagger.ops._cpu_math import F32_HALF as _F32_HALF, F32_ONE as _F32_ONE, expneg as _expneg
+from tagger.ops._common import ACTIVATIONS, GATES, POOL_MODES  # noqa: F401 (ACTIVATIONS: as on every backend)
 
-GATES = 4
+PROJECTED_INFERENCE = True
+CONCURRENT_PAIR = True
 
 # Every kernel: cached (a second process compiles nothing), GIL released (directions may run
 # in threads), and error_model="numpy": a float division by zero gives inf/nan instead of
@@ -75,57 +88,8 @@ mul = _ref.mul
 
 
 # ----------------------------------------------------------------------------------------
-# Elementwise math. Plain-Python versions (used when kernels run uncompiled) plus Numba
-# overloads chosen by dtype.
-
-
-@intrinsic
-def _i32_as_f32(typingctx, x):
-    """Reinterpret the bits of an int32 as a float32 (free; vectorisable)."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
-_F32_LOG2E = np.float32(1.44269504088896341)
-_F32_C1 = np.float32(0.693359375)
-_F32_C2 = np.float32(-2.12194440e-4)
-_F32_P0 = np.float32(1.9875691500e-4)
-_F32_P1 = np.float32(1.3981999507e-3)
-_F32_P2 = np.float32(8.3334519073e-3)
-_F32_P3 = np.float32(4.1665795894e-2)
-_F32_P4 = np.float32(1.6666665459e-1)
-_F32_P5 = np.float32(5.0000001201e-1)
-_F32_ONE = np.float32(1.0)
-_F32_HALF = np.float32(0.5)
-_F32_LO = np.float32(-87.0)
-
-
-def _expneg(x):
-    """exp(x) for x <= 0 (results below ~1e-38 flush towards tiny values, never inf)."""
-    return math.exp(x)
-
-
-@overload(_expneg)
-def _expneg_impl(x):
-    if x == types.float32:
-
-        def impl(x):
-            # Cephes expf: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
-            # 2^n from the exponent bits. Max error ~2 ulp on [-87, 0].
-            x = max(x, _F32_LO)
-            n = np.floor(x * _F32_LOG2E + _F32_HALF)
-            r = x - n * _F32_C1 - n * _F32_C2
-            z = r * r
-            p = ((((_F32_P0 * r + _F32_P1) * r + _F32_P2) * r + _F32_P3) * r + _F32_P4) * r + _F32_P5
-            p = p * z + r + _F32_ONE
-            return p * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
-
-        return impl
-    return lambda x: math.exp(x)
+# Elementwise math (exp itself is in _cpu_math.py, shared with the CRF kernels). Plain-Python
+# versions (used when kernels run uncompiled) plus Numba overloads chosen by dtype.
 
 
 def _sigmoid(x):
@@ -224,6 +188,80 @@ def _gate_sigmoid_impl(x):
     return lambda x: _sigmoid(x)
 
 
+# The LSTM options (reference.py legend): activation codes of reference.LSTM_ACT_CODES,
+# dispatched per element by the general path only. The default pair (tanh, sigmoid) keeps
+# its own loops in the kernels below, untouched, so its speed and its bits never depend on
+# the options; tanh and sigmoid here are the same gate approximations as on that path.
+_RELU = _ref.LSTM_ACT_CODES["relu"]
+_TANH = _ref.LSTM_ACT_CODES["tanh"]
+_SIGMOID = _ref.LSTM_ACT_CODES["sigmoid"]
+_HARD_SIGMOID = _ref.LSTM_ACT_CODES["hard_sigmoid"]
+
+
+def _lstm_act(x, code):
+    """The LSTM activation `code` of the scalar x (uncompiled version)."""
+    if code == _TANH:
+        return math.tanh(x)
+    if code == _SIGMOID:
+        return _sigmoid(x)
+    if code == _HARD_SIGMOID:
+        return min(max(x / 6 + 0.5, 0.0), 1.0)
+    if code == _RELU:
+        return max(x, 0.0)
+    return x  # linear
+
+
+@overload(_lstm_act)
+def _lstm_act_impl(x, code):
+    ft = np.float32 if x == types.float32 else np.float64
+    zero, half, one, six = ft(0), ft(0.5), ft(1), ft(6)
+
+    def impl(x, code):
+        if code == _TANH:
+            return _gate_tanh(x)
+        if code == _SIGMOID:
+            return _gate_sigmoid(x)
+        if code == _HARD_SIGMOID:
+            return min(max(x / six + half, zero), one)
+        if code == _RELU:
+            return max(x, zero)
+        return x  # linear
+
+    return impl
+
+
+def _lstm_dact(a, code):
+    """d act / dx of the LSTM activation `code`, from its output a (0 at the kinks)."""
+    if code == _TANH:
+        return 1.0 - a * a
+    if code == _SIGMOID:
+        return a * (1.0 - a)
+    if code == _HARD_SIGMOID:
+        return 1.0 / 6.0 if 0.0 < a < 1.0 else 0.0
+    if code == _RELU:
+        return 1.0 if a > 0.0 else 0.0
+    return 1.0
+
+
+@overload(_lstm_dact)
+def _lstm_dact_impl(a, code):
+    ft = np.float32 if a == types.float32 else np.float64
+    zero, one, sixth = ft(0), ft(1), ft(1.0 / 6.0)
+
+    def impl(a, code):
+        if code == _TANH:
+            return one - a * a
+        if code == _SIGMOID:
+            return a * (one - a)
+        if code == _HARD_SIGMOID:
+            return sixth if (a > zero and a < one) else zero
+        if code == _RELU:
+            return one if a > zero else zero
+        return one
+
+    return impl
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM kernels
 
@@ -279,15 +317,18 @@ def _zero_padding(Y, starts, lengths):
 
 @njit(**_JIT_FMA)
 def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
-                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask, c0s, has_c0, gate_code, cell_code):
     """One step of the recurrence for the n_s running rows (fused gate arithmetic).
 
     Z (N, G): pre-activations x W on entry, gate activations i, f, g, o on exit (rows of
-    step s). R (>=n_s, G): h_prev @ U (zeros at s = 0).
-    Writes c and tanh(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
+    step s). R (>=n_s, G): h_prev @ U (zeros at s = 0 without h0).
+    c0s (B, H) sorted rows: the initial cell state when has_c0. gate_code, cell_code:
+    recurrent_activation and activation (LSTM_ACT_CODES).
+    Writes c and act(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
     step s + 1 for the rows that continue, or h, c to h_last, c_last for rows that end.
     """
     H = Cp.shape[1]
+    default = gate_code == _SIGMOID and cell_code == _TANH
     n = counts[s]
     n_next = counts[s + 1]
     off = offsets[s]
@@ -305,36 +346,50 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
         zif = z[: 2 * H]
         rif = rk[: 2 * H]
         bif = b[: 2 * H]
-        for j in range(2 * H):
-            zif[j] = _gate_sigmoid(zif[j] + rif[j] + bif[j])
         zg = z[2 * H : 3 * H]
         rg = rk[2 * H : 3 * H]
         bg = b[2 * H : 3 * H]
-        for j in range(H):
-            zg[j] = _gate_tanh(zg[j] + rg[j] + bg[j])
         zo = z[3 * H :]
         ro = rk[3 * H :]
         bo = b[3 * H :]
-        for j in range(H):
-            zo[j] = _gate_sigmoid(zo[j] + ro[j] + bo[j])
+        if default:
+            for j in range(2 * H):
+                zif[j] = _gate_sigmoid(zif[j] + rif[j] + bif[j])
+            for j in range(H):
+                zg[j] = _gate_tanh(zg[j] + rg[j] + bg[j])
+            for j in range(H):
+                zo[j] = _gate_sigmoid(zo[j] + ro[j] + bo[j])
+        else:
+            for j in range(2 * H):
+                zif[j] = _lstm_act(zif[j] + rif[j] + bif[j], gate_code)
+            for j in range(H):
+                zg[j] = _lstm_act(zg[j] + rg[j] + bg[j], cell_code)
+            for j in range(H):
+                zo[j] = _lstm_act(zo[j] + ro[j] + bo[j], gate_code)
         zi = z[:H]
         zf = z[H : 2 * H]
-        # 2. c = f * c_prev + i * g
+        # 2. c = f * c_prev + i * g   (c_prev = c0 at the first step, when given)
         c = Cp[off + k]
-        if s > 0:
-            cp = Cp[off_prev + k]
+        if s > 0 or has_c0:
+            cp = Cp[off_prev + k] if s > 0 else c0s[k]
             for j in range(H):
                 c[j] = zf[j] * cp[j] + zi[j] * zg[j]
         else:
             for j in range(H):
                 c[j] = zi[j] * zg[j]
-        # 3. h = o * tanh(c)
+        # 3. h = o * act(c)
         tc = TCp[off + k]
         y = Y[r, t]
-        for j in range(H):
-            tcj = _gate_tanh(c[j])
-            tc[j] = tcj
-            y[j] = zo[j] * tcj
+        if cell_code == _TANH:
+            for j in range(H):
+                tcj = _gate_tanh(c[j])
+                tc[j] = tcj
+                y[j] = zo[j] * tcj
+        else:
+            for j in range(H):
+                tcj = _lstm_act(c[j], cell_code)
+                tc[j] = tcj
+                y[j] = zo[j] * tcj
         # 4. hand h on: to the next step's GEMM input, or to the final state
         if k < n_next:
             hp = Hprev[off_next + k]
@@ -355,15 +410,16 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
 
 @njit(**_JIT_FMA)
 def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc, dZ, db,
-                   order, starts, lengths, reverse, rec_mask, has_rec_mask):
+                   order, starts, lengths, reverse, rec_mask, has_rec_mask, c0s, has_c0, gate_code, cell_code):
     """Backward of one step (numbered as in the reference's lstm_backward).
 
     dHm (>=n_{s+1}, H): dz_{s+1} @ U^T of the rows that continued to step s + 1 (before the
     rec_mask scale); rows that end at s take dh_last instead. dc (B, H), sorted rows: the
     carried cell gradient (dc_last on entry), updated in place to dc_prev. Writes dz to dZ
-    rows of step s and accumulates db.
+    rows of step s and accumulates db. c0s, has_c0, gate_code, cell_code: as the forward.
     """
     H = Cp.shape[1]
+    default = gate_code == _SIGMOID and cell_code == _TANH
     n = counts[s]
     n_next = counts[s + 1]
     off = offsets[s]
@@ -403,24 +459,41 @@ def _lstm_bwd_step(s, offsets, counts, A, Cp, TCp, dY, has_dY, dHm, dh_last, dc,
             dy = dY[r, t]
             for j in range(H):
                 dzo[j] += dy[j]
-        for j in range(H):
-            dh = dzo[j]
-            dck[j] += dh * o[j] * (one - tc[j] * tc[j])
-            dzo[j] = dh * tc[j] * o[j] * (one - o[j])
-        # 3. c = f * c_prev + i * g   (dck becomes dc_prev)
-        if s > 0:
-            cp = Cp[off_prev + k]
+        if default:
             for j in range(H):
-                dzf[j] = dck[j] * cp[j] * f[j] * (one - f[j])
+                dh = dzo[j]
+                dck[j] += dh * o[j] * (one - tc[j] * tc[j])
+                dzo[j] = dh * tc[j] * o[j] * (one - o[j])
+        else:
+            for j in range(H):
+                dh = dzo[j]
+                dck[j] += dh * o[j] * _lstm_dact(tc[j], cell_code)
+                dzo[j] = dh * tc[j] * _lstm_dact(o[j], gate_code)
+        # 3. c = f * c_prev + i * g   (dck becomes dc_prev; c_prev = c0 at the first step)
+        if s > 0 or has_c0:
+            cp = Cp[off_prev + k] if s > 0 else c0s[k]
+            if default:
+                for j in range(H):
+                    dzf[j] = dck[j] * cp[j] * f[j] * (one - f[j])
+            else:
+                for j in range(H):
+                    dzf[j] = dck[j] * cp[j] * _lstm_dact(f[j], gate_code)
         else:
             for j in range(H):
                 dzf[j] = 0
-        for j in range(H):
-            d = dck[j]
-            # 4. gate nonlinearities
-            dzi[j] = d * g[j] * i[j] * (one - i[j])
-            dzg[j] = d * i[j] * (one - g[j] * g[j])
-            dck[j] = d * f[j]
+        # 4. gate nonlinearities
+        if default:
+            for j in range(H):
+                d = dck[j]
+                dzi[j] = d * g[j] * i[j] * (one - i[j])
+                dzg[j] = d * i[j] * (one - g[j] * g[j])
+                dck[j] = d * f[j]
+        else:
+            for j in range(H):
+                d = dck[j]
+                dzi[j] = d * g[j] * _lstm_dact(i[j], gate_code)
+                dzg[j] = d * i[j] * _lstm_dact(g[j], cell_code)
+                dck[j] = d * f[j]
         for j in range(4 * H):
             db[j] += dz[j]
 
@@ -447,6 +520,31 @@ class LSTMCache:
     rec_mask: np.ndarray  # (B, H) or (1, 1) placeholder
     has_rec_mask: bool
     shape: tuple  # (B, T, I)
+    opts: _LSTMOptions  # activations and initial state
+
+
+@dataclass
+class _LSTMOptions:
+    """The LSTM options of one call, in kernel form (reference.py legend)."""
+
+    cell_code: int  # activation (g and act(c)), LSTM_ACT_CODES
+    gate_code: int  # recurrent_activation (i, f, o)
+    h0: np.ndarray | None  # (B, H) initial h, original row order
+    c0: np.ndarray | None  # (B, H) initial c, original row order
+    h0s: np.ndarray  # (B, H) h0[order] * rec_mask[order], or a (1, 1) placeholder
+    c0s: np.ndarray  # (B, H) c0[order], or a (1, 1) placeholder
+
+
+def _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H):
+    """Codes and sorted initial states for the kernels (placeholders where absent)."""
+    cell, gate = _ref.lstm_act_codes(activation, recurrent_activation)
+    if h0 is not None:
+        h0 = np.ascontiguousarray(h0, dtype=dt).reshape(B, H)
+        h0s = h0[order] * rec_m[order] if has_rec else h0[order]
+    if c0 is not None:
+        c0 = np.ascontiguousarray(c0, dtype=dt).reshape(B, H)
+    return _LSTMOptions(cell, gate, h0, c0, h0s if h0 is not None else _placeholder(dt),
+                        np.ascontiguousarray(c0[order]) if c0 is not None else _placeholder(dt))
 
 
 _PLACEHOLDER = {}
@@ -475,41 +573,49 @@ def _schedule(starts, lengths, B):
     return starts, lengths, order, counts, offsets, S
 
 
-def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T):
+def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts):
     """The time loop over packed pre-activations Z (N, G) = x W: per step one (n_s, H) @ (H, G)
-    GEMM and one fused gate kernel. Z becomes the gate activations in place.
+    GEMM and one fused gate kernel. Z becomes the gate activations in place. opts: an
+    _LSTMOptions (activations, initial state).
     Returns Y (B, T, H), h_last, c_last (B, H), Cp, TCp, Hprev (N, H)."""
     dt = Z.dtype
     B = order.shape[0]
     H = U.shape[0]
     N = Z.shape[0]
     S = counts.shape[0] - 1
+    has_h0 = opts.h0 is not None
     Cp = np.empty((N, H), dtype=dt)
     TCp = np.empty((N, H), dtype=dt)
     Hprev = np.empty((N, H), dtype=dt)
-    Hprev[: counts[0] if S else 0] = 0
+    n0 = counts[0] if S else 0
+    Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
     Y = np.empty((B, T, H), dtype=dt)
     _zero_padding(Y, starts, lengths)
-    h_last = np.zeros((B, H), dtype=dt)
-    c_last = np.zeros((B, H), dtype=dt)
+    # rows that take no step keep the initial state as their final state
+    h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
+    c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
     R = np.zeros((B, GATES * H), dtype=dt)
     for s in range(S):
         off = offsets[s]
         n = counts[s]
-        if s > 0:
+        if s > 0 or has_h0:
             np.matmul(Hprev[off : off + n], U, out=R[:n])
         _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
-                       order, starts, lengths, reverse, rec_m, has_rec)
+                       order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
+                       opts.gate_code, opts.cell_code)
     return Y, h_last, c_last, Cp, TCp, Hprev
 
 
-def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None):
+def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
     """One LSTM direction over a padded batch (rows in any order, any padding side).
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
-    in_mask (B, I) or None, rec_mask (B, H) or None.
+    in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
+    activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
     """
+    starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X = np.ascontiguousarray(X)
     dt = X.dtype
     B, T, I = X.shape
@@ -531,19 +637,24 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Z = np.empty((N, G), dtype=dt)
     if N:
         np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
+    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H)
     Y, h_last, c_last, Cp, TCp, Hprev = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                                    rec_m, has_rec, T)
+                                                    rec_m, has_rec, T, opts)
     cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
-                      offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I))
+                      offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I), opts)
     return Y, h_last, c_last, cache
 
 
-def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
+def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
-    Accumulates into dW (I, G), dU (H, G), db (G,); returns dX (B, T, I).
+    Accumulates into dW (I, G), dU (H, G), db (G,), and into dh0, dc0 (B, H) when given
+    (gradient w.r.t. the initial state); returns dX (B, T, I).
     Gradients arriving at padded positions of dY are ignored.
     """
+    chk.check_cache("lstm_backward", cache, LSTMCache)
+    chk.check_lstm_backward(cache.shape + cache.Cp.shape[1:], cache.Xp.dtype, dY, dh_last, dc_last, dW, dU, db,
+                            dh0=dh0, dc0=dc0)
     c = cache
     B, T, I = c.shape
     dt = c.Xp.dtype
@@ -563,26 +674,49 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db):
     dHm = np.empty((B, H), dtype=dt)
     db_acc = np.zeros(G, dtype=dt)
     UT = c.U.T  # a transposed view: BLAS takes it as is (a contiguous copy cost more than it saved)
+    o = c.opts
     for s in range(S - 1, -1, -1):
         _lstm_bwd_step(s, c.offsets, c.counts, c.A, c.Cp, c.TCp, dY, has_dY, dHm, dhl, dcs, dZ, db_acc,
-                       c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask)
+                       c.order, c.starts, c.lengths, c.reverse, c.rec_mask, c.has_rec_mask,
+                       o.c0s, o.c0 is not None, o.gate_code, o.cell_code)
         if s > 0:
             n = c.counts[s]
             off = c.offsets[s]
             np.matmul(dZ[off : off + n], UT, out=dHm[:n])
+    _initial_state_grads(c, dZ, dhl, dcs, dh0, dc0)
     # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
     db += db_acc
     dX = np.empty((B, T, I), dtype=dt)
     _zero_padding(dX, c.starts, c.lengths)
     if N:
         dW += c.Xp.T @ dZ
-        n0 = c.counts[0]
+        n0 = 0 if o.h0 is not None else c.counts[0]  # Hprev is 0 at the first step without h0
         if N > n0:
             dU += c.Hprev[n0:].T @ dZ[n0:]
         dXp = dZ @ c.W.T
         _unpack_rows(dXp, c.in_mask, c.has_in_mask, c.order, c.starts, c.lengths, c.offsets, c.counts,
                      c.reverse, dX)
     return dX
+
+
+def _initial_state_grads(c, dZ, dhl, dcs, dh0, dc0):
+    """dh0, dc0 (B, H) += the gradient w.r.t. the state before each row's first step.
+
+    dcs (B, H, sorted rows) is that for c after the step loop; for h it is dz_0 @ U^T
+    (times rec_mask) for rows that took a step, dh_last (dhl) for length-0 rows.
+    """
+    if dc0 is not None:
+        dc0[c.order] += dcs
+    if dh0 is None:
+        return
+    B, H = dhl.shape
+    n0 = c.counts[0]  # rows that take a step (0 when no row does)
+    dh = np.empty((B, H), dtype=dhl.dtype)
+    np.matmul(dZ[:n0], c.U.T, out=dh[:n0])
+    if c.has_rec_mask:
+        dh[:n0] *= c.rec_mask[c.order[:n0]]
+    dh[n0:] = dhl[c.order[n0:]]
+    dh0[c.order] += dh
 
 
 # ----------------------------------------------------------------------------------------
@@ -612,21 +746,24 @@ def lstm_input_table(table, W):
     FLOPs. Costs V * G floats (20k x 512 float32: 41 MB per direction) and one V-row GEMM,
     so it pays off once more than ~V tokens are predicted with the same weights.
     """
+    chk.check_lstm_input_table(table, W)
     table = np.ascontiguousarray(table)
     return np.matmul(table, np.ascontiguousarray(W, dtype=table.dtype))
 
 
-def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False):
-    """lstm_forward(embedding_forward(table, ids), W, U, b, starts, lengths, reverse) for
-    P = lstm_input_table(table, W), without the input GEMM. Inference only: no dropout
-    masks, and the returned cache is None (no backward).
+def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="tanh",
+                     recurrent_activation="sigmoid", h0=None, c0=None):
+    """lstm_forward(embedding_forward(table, ids), W, U, b, starts, lengths, reverse, None,
+    None, activation, recurrent_activation, h0, c0) for P = lstm_input_table(table, W),
+    without the input GEMM. Inference only: no dropout masks, and the returned cache is
+    None (no backward).
 
-    P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int.
+    P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int, h0/c0 (B, H) or None.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), None.
     """
+    ids, starts, lengths = chk.check_lstm_forward_ids(P, ids, U, b, starts, lengths)
     P = np.ascontiguousarray(P)
     dt = P.dtype
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
     B, T = ids.shape
     U = np.ascontiguousarray(U, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
@@ -635,8 +772,9 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False):
     reverse = bool(reverse)
     Z = np.empty((N, P.shape[1]), dtype=dt)
     _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z)
+    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, None, False, dt, B, U.shape[0])
     Y, h_last, c_last, _, _, _ = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                             _placeholder(dt), False, T)
+                                             _placeholder(dt), False, T, opts)
     return Y, h_last, c_last, None
 
 
@@ -665,42 +803,34 @@ def num_threads():
     return 1
 
 
+def _submit(threads):
+    """The executor's submit when the pair should run in two threads, else None."""
+    threads = num_threads() if threads is None else threads
+    return _pool().submit if threads >= 2 else None
+
+
 def lstm_forward_pair(args_fwd, args_bwd, threads=None):
     """Run two independent lstm_forward calls, concurrently when threads >= 2.
 
     args_fwd, args_bwd: tuples of lstm_forward's positional arguments.
     Returns (result_fwd, result_bwd), each what lstm_forward returns.
     """
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_forward(*args_fwd), lstm_forward(*args_bwd)
-    fut = _pool().submit(lstm_forward, *args_bwd)
-    first = lstm_forward(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd, submit=_submit(threads))
 
 
 def lstm_backward_pair(args_fwd, args_bwd, threads=None):
     """Run two independent lstm_backward calls, concurrently when threads >= 2.
 
-    Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db); the two must accumulate
-    into different gradient buffers. Returns (dX_fwd, dX_bwd).
+    Each args tuple is (cache, dY, dh_last, dc_last, dW, dU, db[, dh0, dc0]); the two must
+    accumulate into different gradient buffers. Returns (dX_fwd, dX_bwd).
     """
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_backward(*args_fwd), lstm_backward(*args_bwd)
-    fut = _pool().submit(lstm_backward, *args_bwd)
-    first = lstm_backward(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True,
+                    submit=_submit(threads))
 
 
 def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
     """Two independent lstm_forward_ids calls, concurrently when threads >= 2."""
-    threads = num_threads() if threads is None else threads
-    if threads < 2:
-        return lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)
-    fut = _pool().submit(lstm_forward_ids, *args_bwd)
-    first = lstm_forward_ids(*args_fwd)
-    return first, fut.result()
+    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd, submit=_submit(threads))
 
 
 # ----------------------------------------------------------------------------------------
@@ -709,6 +839,7 @@ def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
 
 def embedding_forward(table, ids):
     """table (V, E), ids (B, T) int -> (B, T, E). Every id is looked up (padding id 0 too)."""
+    ids = chk.check_embedding_forward(table, ids)
     return np.take(table, ids, axis=0)
 
 
@@ -741,9 +872,10 @@ def embedding_backward(dtable, dE, ids, mask=None):
 
     Returns the sorted unique rows touched (int64), so sparse optimisers update only those.
     """
+    ids, mask = chk.check_embedding_backward(dtable, dE, ids, mask)
     E = dtable.shape[1]
-    ids1 = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    dE2 = np.ascontiguousarray(dE, dtype=dtable.dtype).reshape(-1, E)
+    ids1 = ids.reshape(-1)
+    dE2 = np.ascontiguousarray(dE).reshape(-1, E)
     has_mask = mask is not None
     mask1 = np.ascontiguousarray(mask, dtype=np.bool_).reshape(-1) if has_mask else np.ones(1, dtype=np.bool_)
     return _embedding_scatter(dtable, dE2, ids1, mask1, has_mask)
@@ -754,9 +886,11 @@ def embedding_backward(dtable, dE, ids, mask=None):
 
 
 def dense_forward(X, W, b):
-    """X (..., I) @ W (I, K) + b (K,) -> (..., K); 2-D and 3-D input alike."""
+    """X (..., I) @ W (I, K) + b (K,) -> (..., K); 2-D and 3-D input alike. b None: no bias."""
+    chk.check_dense_forward(X, W, b)
     Y = np.matmul(X, W)
-    Y += b
+    if b is not None:
+        Y += b
     return Y
 
 
@@ -770,10 +904,8 @@ def _sigmoid_flat(x, out):
         out[n] = _sigmoid(x[n])
 
 
-ACTIVATIONS = _ref.ACTIVATIONS
-
-
 def activation_forward(X, name):
+    chk.check_activation_forward(X, name)
     if name == "sigmoid":
         X = np.ascontiguousarray(X)
         out = np.empty_like(X)
@@ -810,6 +942,7 @@ def _softmax_rows(Z, P):
 
 
 def softmax(logits):
+    chk.check_softmax(logits)
     K = logits.shape[-1]
     Z = np.ascontiguousarray(logits)
     P = np.empty_like(Z)
@@ -854,6 +987,7 @@ def softmax_xent(logits, labels, mask=None):
 
     Returns (loss, dlogits), dlogits exactly 0 at masked items.
     """
+    labels, mask = chk.check_softmax_xent(logits, labels, mask)
     K = logits.shape[-1]
     Z = np.ascontiguousarray(logits)
     y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
@@ -868,9 +1002,6 @@ def softmax_xent(logits, labels, mask=None):
 # Global pooling over time (reference.pool_forward / pool_backward). Each kernel walks a
 # row's real steps only, in time order, over 1-D (F,) row views (the inner loops vectorise);
 # the padding is never read.
-
-POOL_MODES = _ref.POOL_MODES
-
 
 @njit(**_JIT)
 def _pool_max_rows(X, starts, lengths, Y, argmax):
@@ -944,10 +1075,9 @@ def _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX):
 
 def pool_forward(X, starts, lengths, mode):
     """X (B, T, F) -> (Y (B, F), argmax (B, F) int64 or None); see reference.pool_forward."""
-    _ref._check_pool(mode)
+    starts, lengths = chk.check_pool_forward(X, starts, lengths, mode)
     X = np.ascontiguousarray(X)
     B, T, F = X.shape
-    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_forward")
     Y = np.empty((B, F), dtype=X.dtype)
     if mode == "max":
         argmax = np.empty((B, F), dtype=np.int64)
@@ -959,19 +1089,11 @@ def pool_forward(X, starts, lengths, mode):
 
 def pool_backward(dY, argmax, starts, lengths, T, mode):
     """dY (B, F) -> dX (B, T, F), 0 at padding; see reference.pool_backward."""
-    _ref._check_pool(mode)
+    argmax, starts, lengths = chk.check_pool_backward(dY, argmax, starts, lengths, T, mode)
     dY = np.ascontiguousarray(dY)
     B, F = dY.shape
-    starts, lengths = _ref.check_spans(starts, lengths, B, T, "pool_backward")
     is_max = mode == "max"
-    if is_max:
-        argmax = np.ascontiguousarray(argmax, dtype=np.int64)
-        if argmax.shape != (B, F):
-            raise ValueError(f"pool_backward: argmax has shape {argmax.shape}, expected {(B, F)}")
-        used = argmax[lengths > 0]  # the kernel writes dX at these steps: keep them inside
-        if used.size and (used.min() < 0 or used.max() >= T):
-            raise ValueError(f"pool_backward: argmax outside [0, {T})")
-    else:
+    if not is_max:
         argmax = np.zeros((1, 1), dtype=np.int64)  # not read
     dX = np.zeros((B, int(T), F), dtype=dY.dtype)
     _pool_backward_rows(dY, argmax, starts, lengths, is_max, dX)
@@ -1004,12 +1126,12 @@ def _adam_flat(P, G, M, V, lr, beta1, one_m_beta1, beta2, one_m_beta2, eps, weig
         P[n] = p - lr * ((m / bc1) / (math.sqrt(v / bc2) + eps) + weight_decay * p)
 
 
-def _flat(a):
-    """1-D view of a C-contiguous array (the optimiser state is always contiguous)."""
+def _flat(a, where):
+    """1-D view of a C-contiguous array (updated in place, so never a copy)."""
     if a.ndim == 1:
         return a
     if not a.flags.c_contiguous:
-        raise ValueError("optimiser arrays must be C-contiguous")
+        raise TaggerError(f"{where}: the parameter and optimiser arrays must be C-contiguous (they are updated in place)")
     return a.reshape(-1)
 
 
@@ -1018,13 +1140,15 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
     # Fold the scalars in float64, then round each once to the parameter dtype (rounding
     # beta2 to float32 *before* forming 1 - beta2 would be off by 1e-5); float32 arithmetic
     # in the kernel keeps it vectorised at full width.
+    chk.check_step("adam_update", step)
+    rows = chk.check_update("adam_update", rows, param=param, grad=grad, m=m, v=v)
     t = param.dtype.type
     sc = (t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), t(weight_decay),
           t(1 - beta1**step), t(1 - beta2**step))
     if rows is None:
-        _adam_flat(_flat(param), _flat(grad), _flat(m), _flat(v), *sc)
+        _adam_flat(*(_flat(a, "adam_update") for a in (param, grad, m, v)), *sc)
     else:
-        _adam_rows(param, grad, m, v, np.ascontiguousarray(rows, dtype=np.int64), *sc)
+        _adam_rows(param, grad, m, v, rows, *sc)
 
 
 @njit(**_JIT)
@@ -1045,12 +1169,13 @@ def _sgd_flat(P, G, Vel, lr, momentum, weight_decay):
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     """SGD with (heavy-ball) momentum and decoupled weight decay."""
+    rows = chk.check_update("sgd_update", rows, param=param, grad=grad, velocity=velocity)
     t = param.dtype.type
     sc = (t(lr), t(momentum), t(weight_decay))
     if rows is None:
-        _sgd_flat(_flat(param), _flat(grad), _flat(velocity), *sc)
+        _sgd_flat(*(_flat(a, "sgd_update") for a in (param, grad, velocity)), *sc)
     else:
-        _sgd_rows(param, grad, velocity, np.ascontiguousarray(rows, dtype=np.int64), *sc)
+        _sgd_rows(param, grad, velocity, rows, *sc)
 
 
 @njit(**_JIT)
@@ -1074,10 +1199,11 @@ def _sumsq_flat(G):
 
 
 def sum_of_squares(grad, rows=None):
+    rows = chk.check_update("sum_of_squares", rows, grad=grad)
     if rows is None:
         return float(_sumsq_flat(np.ascontiguousarray(grad).reshape(-1)))
     g = np.ascontiguousarray(grad)
-    return float(_sumsq_rows(g.reshape(g.shape[0], -1), np.ascontiguousarray(rows, dtype=np.int64)))
+    return float(_sumsq_rows(g.reshape(g.shape[0], -1), rows))
 
 
 # in-place scale and fill of host arrays: NumPy's own indexing is already the fast path
@@ -1160,3 +1286,6 @@ def warmup(dtypes=(np.float32, np.float64)):
         sgd_update(p, g, st[0], 0.1, 0.9, 0.0, rows=rows)
         sum_of_squares(g)
         sum_of_squares(g, rows)
+
+
+from tagger.ops._crf_cpu import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)

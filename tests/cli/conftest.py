@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -8,18 +7,6 @@ from tagger.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "corpora"
-
-
-def shared_corpora() -> Path:
-    env = os.environ.get("TAGGER_CORPORA")
-    return Path(env) if env else REPO.parent / "shared" / "corpora"
-
-
-@pytest.fixture(scope="session")
-def corpora_root():
-    root = shared_corpora()
-    assert root.is_dir(), f"real corpora not found at {root}; set TAGGER_CORPORA"
-    return root
 
 
 @pytest.fixture
@@ -52,4 +39,21 @@ def trained_pos(tmp_path_factory):
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def untrained_pos(tmp_path_factory):
+    """A training output folder whose model-best/ is the bundled POS sample's model saved untrained (no training:
+    for the fast tests of loading and input errors)."""
+    from tagger.config import load_config
+    from tagger.data.prepare import build_vocabularies, load_splits
+    from tagger.io import save_model
+    from tagger.models import Model, build_network
+
+    cfg = load_config(REPO / "configs" / "sample_pos.yaml")
+    words, labels = build_vocabularies(cfg, load_splits(cfg).train)
+    model = Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), ops="cpu"))
+    out = tmp_path_factory.mktemp("untrained")
+    save_model(model, out / "model-best")  # laid out as a training output folder
     return out

@@ -1,5 +1,6 @@
-"""Bad input gets one line naming the file, line or key, exit status 1, no traceback."""
-from pathlib import Path
+"""Bad input gets one line naming the file, line or key, exit status 1, no traceback.
+
+None of these trains: model directories come saved untrained (fixture untrained_pos)."""
 
 import pytest
 
@@ -53,24 +54,24 @@ def test_missing_model_directory(cli, tmp_path):
     one_line_error(cli("predict", tmp_path / "nope", SAMPLES / "README.md", ok=False), "nope")
 
 
-def test_damaged_weights_file(cli, trained_pos, tmp_path):
+def test_damaged_weights_file(cli, untrained_pos, tmp_path):
     import shutil
 
     broken = tmp_path / "broken"
-    shutil.copytree(trained_pos / "model-best", broken)
+    shutil.copytree(untrained_pos / "model-best", broken)
     (broken / "weights.safetensors").write_bytes(b"\x00garbage" * 10)
     src = tmp_path / "t.txt"
     src.write_text("The cat .\n")
     one_line_error(cli("predict", broken, src, ok=False), "weights.safetensors")
 
 
-def test_weights_that_do_not_match_the_config(cli, trained_pos, tmp_path):
+def test_weights_that_do_not_match_the_config(cli, untrained_pos, tmp_path):
     import shutil
 
     import yaml
 
     odd = tmp_path / "odd"
-    shutil.copytree(trained_pos / "model-best", odd)
+    shutil.copytree(untrained_pos / "model-best", odd)
     cfg = yaml.safe_load((odd / "config.yaml").read_text())
     cfg["model"]["lstm_units"] = 7
     (odd / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -79,19 +80,19 @@ def test_weights_that_do_not_match_the_config(cli, trained_pos, tmp_path):
     one_line_error(cli("predict", odd, src, ok=False), "weights.safetensors")
 
 
-def test_missing_tokenizer_file(cli, trained_pos, tmp_path):
+def test_missing_tokenizer_file(cli, untrained_pos, tmp_path):
     import shutil
 
     part = tmp_path / "part"
-    shutil.copytree(trained_pos / "model-best", part)
+    shutil.copytree(untrained_pos / "model-best", part)
     (part / "tokenizer.json").unlink()
     one_line_error(cli("summary", part, ok=False), "tokenizer.json")
 
 
-def test_non_utf8_input_names_the_line(cli, trained_pos, tmp_path):
+def test_non_utf8_input_names_the_line(cli, untrained_pos, tmp_path):
     src = tmp_path / "latin.txt"
     src.write_bytes(b"fine line\nsister\xf0city\n")
-    result = cli("predict", trained_pos, src, "-o", tmp_path / "out", ok=False)
+    result = cli("predict", untrained_pos, src, "-o", tmp_path / "out", ok=False)
     one_line_error(result, "latin.txt:2", "0xf0", "--encoding")
     assert not (tmp_path / "out" / "latin.txt.jsonl").exists()  # nothing half-written
     assert not list((tmp_path / "out").glob(".*"))
@@ -103,3 +104,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli, tmp_path):
     if cuda_usable()[0]:
         pytest.skip("a GPU is present; this checks the no-GPU message")
     one_line_error(cli("train", REPO / "configs" / "quickstart.yaml", "-o", tmp_path / "m", "--device", "cuda", ok=False), "cuda")
+
+
+def test_summary_sizes_go_together(cli):
+    quick = REPO / "configs" / "sample_pos.yaml"
+    one_line_error(cli("summary", quick, "--vocab-size", "100", ok=False), "--vocab-size and --labels")
+    one_line_error(cli("summary", quick, "--vocab-size", "100", "--labels", "0", ok=False), "--labels 0")
+    table = cli("summary", quick, "--vocab-size", "100", "--labels", "5").output
+    assert " 5000 " in table.replace(",", "")  # the 100 x 50 embedding, from the given sizes
+    assert "(None, None, 5)" in table  # the output layer's 5 labels, not an invented count
+
+
+def test_summary_of_an_untrained_model_directory(cli, untrained_pos):
+    assert "bilstm_1 (Bidirectional)" in cli("summary", untrained_pos).output

@@ -1,31 +1,8 @@
-"""Fixtures for the data tests: where the real corpora are.
-
-The real corpora are never copied into the repository.  They are found through the
-environment variable ``TAGGER_CORPORA``, else at ``../shared/corpora`` beside the
-checkout (CI clones ``main`` and puts ``shared`` next to it).
-"""
+"""Helpers for the data tests (the corpora fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
-
-
-def corpora_dir() -> Path:
-    env = os.environ.get("TAGGER_CORPORA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora"
-    return root.resolve()
-
-
-@pytest.fixture(scope="session")
-def corpora() -> Path:
-    root = corpora_dir()
-    assert (root / "README.md").is_file(), (
-        f"real corpora not found at {root}; set TAGGER_CORPORA to the shared corpora folder"
-    )
-    return root
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagger.data.vocab import PAD_ID, UNK_ID, LabelVocab, WordVocab, pretokenize, split_words
+from tagger.data.vocab import PAD_ID, UNK_ID, LabelVocab, WordVocab, pretokenize, split_words, unknown_class
 from tagger.errors import DataError
 
 SENTS = [["The", "cat", "sat", "."], ["the", "dog", "sat", "."], ["A", "cat", "!"]]
@@ -127,3 +127,16 @@ def test_unknown_classes_see_case_even_when_the_vocabulary_lowercases():
     v = WordVocab.build([["The", "cat"], ["Paris", "is", "nice"]], lowercase=True, unknown_classes=True)
     ids = v.encode_words(["London", "town"])
     assert v.words()[ids[0]] == "[UNK-Cap]" and v.words()[ids[1]] == "[UNK-lower]"
+
+
+def test_unknown_class_cache_gives_the_same_ids_and_stays_bounded(monkeypatch):
+    vocab = WordVocab.build([["the", "cat", "sat"]], min_freq=1, unknown_classes=True)
+    words = ["Paris", "NATO", "3.50", "running", "eBay", "Paris", "x-ray"]
+    expected = [vocab._vocab.get(unknown_class(w), 1) for w in words]
+    assert [vocab.unknown_id(w) for w in words] == expected  # cold
+    assert [vocab.unknown_id(w) for w in words] == expected  # cached
+    monkeypatch.setattr(WordVocab, "UNKNOWN_CACHE_SIZE", 3)
+    for k in range(50):
+        vocab.unknown_id(f"Word{k}")
+        assert len(vocab._unknown_cache) <= 3
+    assert vocab.encode_batch([words]) == [expected]

@@ -75,7 +75,9 @@ def test_classifier_chain_gradients(backend, padding, go_backwards):
         [
             Embedding(7, 3),
             Bidirectional(LSTM(3, return_sequences=True)),
-            Bidirectional(LSTM(2, go_backwards=go_backwards), merge_mode="sum"),
+            # go_backwards=True: the wrapped layer reads backwards, its partner forwards
+            Bidirectional(LSTM(2, go_backwards=go_backwards), merge_mode="sum",
+                          backward_layer=LSTM(2, go_backwards=not go_backwards)),
             Dense(4, activation="tanh"),
             Dense(3),
         ],

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tagger.errors import TaggerError
+from tagger.spans import Spans
 from tagger.layers import (LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential)
 
@@ -213,7 +214,7 @@ def test_pooling_follows_keras_masked_formulas(backend, side):
     np.testing.assert_allclose(mean(Xp), Xp.mean(1), rtol=1e-12)
     np.testing.assert_array_equal(mx(Xp), Xp.max(1))
     # the mask stops here
-    assert mean.compute_mask(Xp, mask) is None and mx.compute_mask(Xp, mask) is None
+    assert mean.output_spans(Spans.from_mask(mask, *mask.shape)) is None and mx.output_spans(None) is None
     with pytest.raises(TaggerError, match="batch, timesteps, features"):
         mx(Xp[:, 0])
 

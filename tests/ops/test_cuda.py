@@ -1,31 +1,22 @@
-"""The CUDA backend: interface checks here, numeric checks on a device in a subprocess.
+"""The CUDA backend: numeric checks on a device in a subprocess (the signatures and the
+bad-input messages of every backend: test_interface.py).
 
 The numeric cases live in tests/ops/cuda_device_cases.py. NUMBA_ENABLE_CUDASIM must be
 set before numba is first imported, and other test modules import numba earlier in the
 same pytest process, so the cases run in a fresh interpreter with the variable set. A
 failure there fails this test, with the subprocess's report in the message.
 """
-import inspect
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tagger.ops import OP_NAMES
 from tagger.ops import cuda as C
-from tagger.ops import reference as R
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).with_name("cuda_device_cases.py")
-
-
-@pytest.mark.parametrize("name", OP_NAMES)
-def test_signature_matches_reference(name):
-    assert callable(getattr(C, name, None)), f"tagger.ops.cuda lacks {name}"
-    assert inspect.signature(getattr(C, name)) == inspect.signature(getattr(R, name)), name
 
 
 def test_import_touches_no_driver():
@@ -41,7 +32,9 @@ def test_import_touches_no_driver():
     assert out.stdout.split() == ["bool", "str", "False"]
 
 
-def _run_cases(extra_env, timeout=600):
+# a guard against a hung simulator, not a speed target: the cases need ~3 CPU-minutes,
+# and on a loaded shared machine that has taken over 10 minutes of wall time
+def _run_cases(extra_env, timeout=1800):
     env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
            "-rfEs", str(CASES)]
@@ -50,6 +43,7 @@ def _run_cases(extra_env, timeout=600):
     return out.returncode, report
 
 
+@pytest.mark.slow
 def test_cuda_ops_match_reference_on_simulator():
     """Every CUDA op vs the reference, gradients, determinism and a whole training step,
     under NUMBA_ENABLE_CUDASIM=1 (about a minute on 2 cores)."""
@@ -58,6 +52,7 @@ def test_cuda_ops_match_reference_on_simulator():
     assert " passed" in report and "skipped" not in report, report
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(C.is_simulator() or not C.is_available(), reason="needs a real CUDA GPU")
 def test_cuda_ops_match_reference_on_gpu():

@@ -1,34 +1,17 @@
 """Global pooling over time (pool_forward / pool_backward) on the reference and cpu backends:
-float64 finite differences, the masking rule (pre- and post-padding, lengths 0 .. T),
+float64 finite differences, the masking rule (pre-, post- and mixed padding, lengths 0 .. T),
 padding that holds huge values or NaN, cpu against the reference, a sequence alone against
-its row in a padded batch."""
+its row in a padded batch. (Bad modes, spans and argmax: test_interface.py.)"""
 import numpy as np
 import pytest
 
 from tagger.ops import cpu
 from tagger.ops import reference as ref
 from tests.gradcheck import assert_grad_close, numeric_grad
+from tests.ops.cases import LENGTHS, T, real_steps, spans
 
 BACKENDS = {"reference": ref, "cpu": cpu}
 MODES = ["max", "mean"]
-
-# T = 6: length 1, full length, in between, 0, in between
-LENGTHS = np.array([1, 6, 3, 0, 4])
-T = 6
-
-
-def spans(padding, lengths=LENGTHS):
-    if padding == "post":
-        return np.zeros_like(lengths), lengths
-    if padding == "pre":
-        return T - lengths, lengths
-    return np.minimum(np.array([2, 0, 1, 0, 2]), T - lengths), lengths  # "mixed": inside the span
-
-
-def real_steps(starts, lengths):
-    """(B, T) bool: the real steps."""
-    t = np.arange(T)[None, :]
-    return (t >= starts[:, None]) & (t < (starts + lengths)[:, None])
 
 
 def case(seed, dtype=np.float64, F=3):
@@ -149,21 +132,6 @@ def test_a_nan_at_a_real_step_propagates_like_np_max(backend):
     assert np.isnan(Y[1, 2]) and argmax[1, 2] == 3
     assert np.isfinite(np.delete(Y.ravel(), 1 * 3 + 2)).all()
     assert np.isnan(ops.pool_forward(X, starts, lengths, "mean")[0][1, 2])
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_arguments_are_refused(backend):
-    ops = BACKENDS[backend]
-    X, R = case(7)
-    starts, lengths = spans("post")
-    with pytest.raises(ValueError, match="pooling mode"):
-        ops.pool_forward(X, starts, lengths, "sum")
-    with pytest.raises(ValueError, match="inside"):
-        ops.pool_forward(X, starts + 1, lengths, "max")  # row 1 runs past T
-    with pytest.raises(ValueError, match="shape"):
-        ops.pool_forward(X, starts[:2], lengths[:2], "mean")
-    with pytest.raises(ValueError, match="pooling mode"):
-        ops.pool_backward(R, None, starts, lengths, T, "min")
 
 
 def test_empty_batch_and_all_empty_rows():

@@ -1,4 +1,5 @@
-"""Every CUDA kernel compiles to real sm_90 PTX (no GPU needed, no simulator).
+"""Every CUDA kernel compiles to real sm_90 PTX (no GPU needed, no simulator). The
+compilations are marked slow.
 
 A kernel that only works in the simulator (a non-constant shared-array shape, an
 untyped literal, a call numba.cuda cannot lower) fails here. When an assembler is
@@ -36,6 +37,7 @@ def test_every_launched_kernel_is_registered():
             ("pool_bwd", "float64")} <= set(VARIANTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,dtype", VARIANTS, ids=[f"{n}-{d}" for n, d in VARIANTS])
 def test_kernel_compiles_to_sm90_ptx(name, dtype):
     ptx = P.compile_kernel(name, dtype, cc=(9, 0))
@@ -43,6 +45,7 @@ def test_kernel_compiles_to_sm90_ptx(name, dtype):
     assert ".entry" in ptx
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(P.assembler() is None, reason="neither nvJitLink nor ptxas installed")
 @pytest.mark.parametrize("name,dtype", VARIANTS, ids=[f"{n}-{d}" for n, d in VARIANTS])
 def test_kernel_assembles_without_spills(name, dtype):
@@ -51,6 +54,7 @@ def test_kernel_assembles_without_spills(name, dtype):
     assert info["registers"] <= 255
 
 
+@pytest.mark.slow
 def test_gemm_shared_memory_matches_tile():
     if P.assembler() is None:
         pytest.skip("neither nvJitLink nor ptxas installed")

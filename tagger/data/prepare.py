@@ -1,0 +1,133 @@
+"""From a config to examples and vocabularies: what training, evaluation, `summary` and
+`debug-data` read before any network exists.
+
+    load_splits(config)                 train / dev / test examples; a seeded dev split is
+                                        carved out of train when no dev file is given
+    build_vocabularies(config, train)   (WordVocab, LabelVocab) from the training examples
+    pretrained_matrix(config, words, train, seed)   embedding rows from pretrained vectors
+    examples_from_texts(texts)          raw texts -> unlabelled examples with character offsets
+    data_report(config)                 the numbers `tagger debug-data` prints
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tagger.data.readers import read_examples, require_task, split_dev
+from tagger.data.types import Example
+from tagger.data.vocab import WordVocab, pretokenize
+from tagger.errors import TaggerError
+from tagger.tasks import build_labels, make_task
+
+
+@dataclass
+class Splits:
+    train: list
+    dev: list
+    test: list = field(default_factory=list)
+    dev_source: str = ""
+
+
+def read_split(config, path) -> list[Example]:
+    """The examples of one split; a corpus that does not fit the task is refused by name."""
+    examples = read_examples(path, config.data.format, **config.data.reader_options())
+    return list(require_task(examples, config.model.task, path, config.data.format))
+
+
+def load_splits(config) -> Splits:
+    """Read train/dev/test; carve a seeded dev split out of train when no dev file is given."""
+    if not config.data.train:
+        raise TaggerError("data.train: no training file given; set it in the config or with --data.train PATH")
+    train = read_split(config, config.data.train)
+    if config.data.dev:
+        dev, source = read_split(config, config.data.dev), config.data.dev
+    elif config.data.dev_fraction > 0:
+        train, dev = split_dev(train, config.data.dev_fraction, config.training.seed)
+        source = f"{len(dev)} examples held out of data.train (dev_fraction {config.data.dev_fraction})"
+    else:
+        dev, source = [], "none (dev_fraction 0: the best model is the one with the lowest training loss)"
+    test = read_split(config, config.data.test) if config.data.test else []
+    return Splits(train, dev, test, source)
+
+
+def build_vocabularies(config, train):
+    """(words, labels) of the training examples."""
+    words = WordVocab.build(
+        (ex.tokens for ex in train),
+        min_freq=config.vocab.min_freq,
+        max_size=config.vocab.max_size,
+        lowercase=config.vocab.lowercase,
+        unknown_classes=config.vocab.unknown_classes,
+    )
+    return words, build_labels(config, train)
+
+
+def pretrained_matrix(config, words, train, seed):
+    """Embedding rows from pretrained vectors (None when the config names none); prints coverage."""
+    path = config.model.pretrained_vectors
+    if not path:
+        return None
+    from tagger.data.vectors import embedding_matrix, read_vectors  # reads large files: only when asked
+
+    counts = Counter(t for ex in train for t in ex.tokens)
+    vecs = read_vectors(path, keep=words.words())
+    matrix, coverage = embedding_matrix(words, vecs, np.random.default_rng(seed), dim=config.model.embedding_dim, counts=counts)
+    print(
+        f"pretrained vectors {path}: {coverage['types_found']}/{coverage['types_total']} word types "
+        f"({coverage['types'] * 100:.1f}%), {coverage['tokens'] * 100:.1f}% of training tokens",
+        file=sys.stderr,
+    )
+    return matrix
+
+
+def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
+    """Unlabelled examples: the pre-tokenized words of each text and their character offsets."""
+    out = []
+    sources = list(sources) if sources is not None else None
+    for k, text in enumerate(texts):
+        pieces = pretokenize(text)
+        out.append(
+            Example(
+                [t for t, _ in pieces], text=text, offsets=[o for _, o in pieces],
+                source=sources[k] if sources else f"text {k + 1}",
+            )
+        )
+    return out
+
+
+def data_report(config) -> dict:
+    """Counts, label distributions, OOV rates and train overlap of every split."""
+    splits = load_splits(config)
+    words, labels = build_vocabularies(config, splits.train)
+    task = make_task(config, labels)
+    report = {"task": task.name, "labels": labels.labels, "vocabulary": len(words), "splits": {}}
+    train_texts = {" ".join(ex.tokens) for ex in splits.train}
+    for name, examples in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)):
+        if not examples:
+            continue
+        tokens = [t for ex in examples for t in ex.tokens]
+        ids = words.encode_batch([ex.tokens for ex in examples])
+        unknown = words.unknown_ids
+        unk = sum(1 for s in ids for i in s if i in unknown)
+        dist = task.label_counts(examples)
+        lengths = [len(ex.tokens) for ex in examples]
+        entry = {
+            "examples": len(examples),
+            "tokens": len(tokens),
+            "max_length": max(lengths),
+            "mean_length": round(sum(lengths) / len(lengths), 2),
+            "oov_rate": round(unk / max(len(tokens), 1), 4),
+            "labels": dict(dist.most_common()),
+            "majority_baseline": round(dist.most_common(1)[0][1] / max(sum(dist.values()), 1), 4),
+        }
+        if name != "train":
+            entry["overlap_with_train"] = sum(1 for ex in examples if " ".join(ex.tokens) in train_texts)
+            unseen = sorted(set(dist) - set(labels.labels))
+            if unseen:
+                entry["labels_unseen_in_train"] = unseen
+        report["splits"][name] = entry
+    return report

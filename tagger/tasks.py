@@ -1,0 +1,316 @@
+"""The task, decided once: TagTask (a label per token) and ClassifyTask (a label per text).
+
+Everything that differs between tagging and classification lives here, so no other
+module asks which task it is running:
+
+    labels      the label vocabulary, built from the training examples; for tagging in
+                the train scheme (`train_scheme`, the one place that computes it), read
+                and written in the data scheme (`to_train_scheme` / `to_data_scheme`)
+    encode      examples -> label ids: (T,) per sentence, or one id per text
+    head        what the network ends with (`head_spec`: sequences out of the last BiLSTM,
+                pooling, CRF) and the output layer's loss and decoding (`SoftmaxHead`,
+                `CRFHead`)
+    predict     per batch row -> (tags, probs) | (label, probability); an empty input
+    record      what `tagger predict` writes per example, and its conll/tsv line
+    score       token accuracy + per-class report + conlleval spans (tag, span schemes);
+                accuracy + per-class report (classify)
+
+Shapes: scores (B, T, K) per token or (B, C) per text; probs the same, as NumPy; best
+label ids (B, T) or (B,).  `batch` is a PaddedBatch (ids, lengths, labels, index).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+import json
+
+import numpy as np
+
+from tagger.data.schemes import convert, spans as tag_spans
+from tagger.data.types import Example
+from tagger.data.vocab import LabelVocab
+from tagger.errors import TaggerError
+from tagger.layers import CRF
+from tagger.metrics import classification_report, conlleval_text, span_scores, token_accuracy
+
+
+def train_scheme(data_config) -> str:
+    """The tag scheme a model is trained in and predicts in (the data's, unless converted)."""
+    return data_config.target_scheme or data_config.scheme
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What `build_network` puts after the BiLSTMs."""
+
+    sequences: bool  # the last BiLSTM returns (B, T, 2H), not its final state (B, 2H)
+    pooling: str | None  # "max" | "mean": pool the sequences over the real steps -> (B, 2H)
+    crf: bool  # a CRF after the Dense scores
+
+
+def crf_of(network) -> CRF | None:
+    """The network's CRF output layer (always the last layer), or None."""
+    last = network.layers[-1] if network.layers else None
+    return last if isinstance(last, CRF) else None
+
+
+# ----------------------------------------------------------------------------------------
+# output heads: the loss and the decoding of the network's scores
+
+
+class SoftmaxHead:
+    """Softmax cross-entropy over the Dense scores; argmax decoding."""
+
+    def __init__(self, per_token: bool):
+        self.per_token = per_token  # tag: only real tokens count in the loss
+
+    def loss(self, scores, batch, network):
+        """(loss, d_scores on the backend)."""
+        ops = network.ops
+        return ops.softmax_xent(scores, ops.asarray(batch.labels), batch.spans.mask() if self.per_token else None)
+
+    def decode(self, scores, batch, network):
+        """(best ids, probabilities) as NumPy."""
+        ops = network.ops
+        probs = np.asarray(ops.to_numpy(ops.softmax(scores)))
+        return probs.argmax(axis=-1), probs
+
+
+class CRFHead:
+    """The CRF's negative log-likelihood; Viterbi paths, the per-token marginals as probabilities.
+
+    The CRF runs on the network's backend over the batch's spans (device arrays stay on
+    the device); only the paths and the marginals come back to the host."""
+
+    def loss(self, scores, batch, network):
+        return crf_of(network).loss(scores, network.ops.asarray(batch.labels), batch.spans)
+
+    def decode(self, scores, batch, network):
+        crf = crf_of(network)
+        return crf.decode(scores, batch.spans), crf.marginals(scores, batch.spans)
+
+
+# ----------------------------------------------------------------------------------------
+# the tasks
+
+
+class Task:
+    """What TagTask and ClassifyTask share; see the module docstring for the protocol."""
+
+    name = ""
+
+    def __init__(self, config, labels: LabelVocab, head):
+        self.config = config
+        self.labels = labels
+        self.head = head
+
+    def loss(self, scores, batch, network):
+        return self.head.loss(scores, batch, network)
+
+    def decode(self, scores, batch, network) -> list:
+        """One prediction per batch row, rows in batch order."""
+        best, probs = self.head.decode(scores, batch, network)
+        return [self.prediction(best[row], probs[row], int(batch.lengths[row])) for row in range(batch.size)]
+
+    def format_record(self, record: dict, line: int, fmt: str) -> str:
+        """One record as `tagger predict --format fmt` writes it (line: its input line number)."""
+        if fmt == "jsonl":
+            return json.dumps({"line": line, **record}, ensure_ascii=False) + "\n"
+        return self.format_text(record, line, fmt)
+
+    def report_lines(self, scores: dict) -> list[str]:
+        """The headline of `tagger evaluate` (the per-class table is common)."""
+        raise NotImplementedError
+
+
+class TagTask(Task):
+    """A label per token; IOB1/BIO/BIOES tags are converted between the data and train schemes."""
+
+    name = "tag"
+
+    def __init__(self, config, labels: LabelVocab):
+        super().__init__(config, labels, CRFHead() if config.model.crf else SoftmaxHead(per_token=True))
+        self.data_scheme = config.data.scheme
+        self.train_scheme = train_scheme(config.data)
+        # an entity type unseen in training is scored as a miss ("O"), never a crash
+        self.fallback = "O" if "O" in labels else None
+
+    @classmethod
+    def head_spec(cls, mcfg) -> HeadSpec:
+        return HeadSpec(sequences=True, pooling=None, crf=mcfg.crf)
+
+    @classmethod
+    def build_labels(cls, config, examples: Sequence[Example]) -> LabelVocab:
+        """The tags of the training examples in the train scheme; "O" first when present."""
+        data, target = config.data.scheme, train_scheme(config.data)
+        seen = []
+        for ex in examples:
+            seen.extend(_convert(ex.labels, data, target))
+        return LabelVocab.build(seen, first=["O"] if "O" in seen else [])
+
+    def to_train_scheme(self, tags: Sequence[str]) -> list[str]:
+        return _convert(tags, self.data_scheme, self.train_scheme)
+
+    def to_data_scheme(self, tags: Sequence[str]) -> list[str]:
+        return _convert(tags, self.train_scheme, self.data_scheme)
+
+    def encode(self, examples: Sequence[Example]) -> list[list[int]]:
+        out = []
+        for ex in examples:
+            if ex.labels is None:
+                raise TaggerError(f"{ex.source or 'input'}: sentence has no labels")
+            out.append(self.labels.encode(self.to_train_scheme(ex.labels), fallback=self.fallback))
+        return out
+
+    def gold(self, ex: Example):
+        return ex.labels
+
+    def label_counts(self, examples: Sequence[Example]) -> Counter:
+        return Counter(t for ex in examples for t in ex.labels)
+
+    def empty_prediction(self, ex: Example):
+        return [], []
+
+    def prediction(self, best, probs, n: int):
+        """(tags in the data scheme, the probability of each) from one row."""
+        tags = self.to_data_scheme(self.labels.decode(best[:n]))
+        return tags, probs[np.arange(n), best[:n]].tolist()
+
+    def record(self, ex: Example, pred) -> dict:
+        tags, probs = pred
+        record = {
+            "text": ex.text,
+            "tokens": ex.tokens,
+            "offsets": [list(o) for o in ex.offsets] if ex.offsets is not None else None,
+            "tags": tags,
+            "probs": [round(float(p), 6) for p in probs],
+        }
+        if self.data_scheme != "none" and ex.offsets is not None:
+            record["spans"] = [
+                {
+                    "type": kind,
+                    "start": ex.offsets[a][0],
+                    "end": ex.offsets[b - 1][1],
+                    "text": ex.text[ex.offsets[a][0] : ex.offsets[b - 1][1]],
+                    "token_start": a,
+                    "token_end": b,
+                }
+                for kind, a, b in tag_spans(tags, self.data_scheme)
+            ]
+        return record
+
+    def format_text(self, record: dict, line: int, fmt: str) -> str:
+        if fmt == "conll":
+            return "".join(f"{t}\t{g}\n" for t, g in zip(record["tokens"], record["tags"])) + "\n"
+        return f"{line}\t{' '.join(record['tokens'])}\t{' '.join(record['tags'])}\n"
+
+    def score(self, examples: Sequence[Example], preds: Sequence) -> dict:
+        """Token accuracy, the per-tag report, and conlleval spans for span schemes.
+
+        `score` is what early stopping watches: span F1 for span schemes, else accuracy.
+        """
+        gold = [ex.labels for ex in examples]
+        guess = [p[0] for p in preds]
+        acc = token_accuracy(gold, guess)
+        out = {"task": self.name, "n_sentences": len(gold), "accuracy": acc["accuracy"], "token_accuracy": acc}
+        out["report"] = classification_report([t for s in gold for t in s], [t for s in guess for t in s])
+        if self.data_scheme != "none":
+            out["spans"] = span_scores(gold, guess, scheme=self.data_scheme)
+            out["score"] = out["spans"]["f1"]
+        else:
+            out["score"] = out["accuracy"]
+        return out
+
+    def report_lines(self, scores: dict) -> list[str]:
+        lines = [f"token accuracy: {scores['accuracy'] * 100:.2f}% ({scores['n_sentences']} sentences)"]
+        if "spans" in scores:
+            lines.append(conlleval_text(scores["spans"]))
+        return lines
+
+
+class ClassifyTask(Task):
+    """A label per text, from the last BiLSTM's final states or its pooled sequence."""
+
+    name = "classify"
+
+    def __init__(self, config, labels: LabelVocab):
+        super().__init__(config, labels, SoftmaxHead(per_token=False))
+
+    @classmethod
+    def head_spec(cls, mcfg) -> HeadSpec:
+        pooled = mcfg.pooling != "last"
+        return HeadSpec(sequences=pooled, pooling=mcfg.pooling if pooled else None, crf=False)
+
+    @classmethod
+    def build_labels(cls, config, examples: Sequence[Example]) -> LabelVocab:
+        return LabelVocab.build(ex.label for ex in examples)
+
+    def encode(self, examples: Sequence[Example]) -> list[int]:
+        out = []
+        for ex in examples:
+            if ex.label is None:
+                raise TaggerError(f"{ex.source or 'input'}: text has no label")
+            out.append(self.labels.encode_one(ex.label))
+        return out
+
+    def gold(self, ex: Example):
+        return ex.label
+
+    def label_counts(self, examples: Sequence[Example]) -> Counter:
+        return Counter(ex.label for ex in examples)
+
+    def empty_prediction(self, ex: Example):
+        raise TaggerError(f"{ex.source or 'input'}: empty text cannot be classified")
+
+    def prediction(self, best, probs, n: int):
+        """(label, its probability) from one row."""
+        return self.labels.labels[int(best)], float(probs[best])
+
+    def record(self, ex: Example, pred) -> dict:
+        label, prob = pred
+        return {"text": ex.text, "label": label, "probability": round(float(prob), 6)}
+
+    def format_text(self, record: dict, line: int, fmt: str) -> str:
+        # conll and tsv are the same for texts: one row per line
+        return f"{line}\t{record['label']}\t{record['probability']}\t{tsv_field(record['text'])}\n"
+
+    def score(self, examples: Sequence[Example], preds: Sequence) -> dict:
+        report = classification_report([ex.label for ex in examples], [p[0] for p in preds])
+        return {"task": self.name, "n": len(examples), "accuracy": report["accuracy"], "score": report["accuracy"], "report": report}
+
+    def report_lines(self, scores: dict) -> list[str]:
+        return [f"accuracy: {scores['accuracy'] * 100:.2f}% ({scores['n']} texts)"]
+
+
+TASKS: dict[str, type[Task]] = {"tag": TagTask, "classify": ClassifyTask}
+
+
+def task_class(name: str) -> type[Task]:
+    """The class for `model.task` (the config's schema admits only these names)."""
+    return TASKS[name]
+
+
+def make_task(config, labels: LabelVocab) -> Task:
+    """The task object for a resolved config and its label vocabulary."""
+    return task_class(config.model.task)(config, labels)
+
+
+def build_labels(config, examples: Sequence[Example]) -> LabelVocab:
+    """The label vocabulary of the training examples (tags in the train scheme, or classes)."""
+    return task_class(config.model.task).build_labels(config, examples)
+
+
+def head_spec(mcfg) -> HeadSpec:
+    return task_class(mcfg.task).head_spec(mcfg)
+
+
+def _convert(tags: Sequence[str], source: str, target: str) -> list[str]:
+    if source == target or source == "none":
+        return list(tags)
+    return convert(tags, source, target)
+
+
+def tsv_field(text: str) -> str:
+    """A text as one TSV field: backslash, tab, CR and LF escaped as \\\\, \\t, \\r, \\n."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
