@@ -331,7 +331,7 @@ def execute(run: Run, progress=True) -> None:
     bar = Progress(total, progress)
     # a restarted run moves the previous run's models and logs to previous/ first, so fresh
     # logs never sit beside an old model-best
-    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl"))
+    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl", "curves.png"))
     log, checkpoints = RunLog(run.output_dir, bar.echo), Checkpoints(model, run.output_dir)
     steps = train_loop(
         model, epoch_batches(model, run.splits.train, tcfg), (lambda: model.evaluate(dev)) if dev else None,
@@ -360,4 +360,7 @@ def finalize(run: Run) -> dict:
     if run.splits.test:
         final["test"] = best.evaluate(run.splits.test)
     save_model(best, run.output_dir / BEST, final)
+    from tagger.plot import write_curves
+
+    write_curves(run.output_dir)  # curves.png, or a one-line note without matplotlib
     return final

@@ -96,7 +96,7 @@ def test_same_seed_reproduces_the_run_exactly(cli, tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"run{k}"
-        cli("train", REPO / "configs" / "quickstart.yaml", "-o", out, "--training.max_steps", "12", "--no-progress")
+        cli("train", REPO / "configs" / "sample_pos.yaml", "-o", out, "--training.max_steps", "12", "--no-progress")
         outs.append(load_file(str(out / "model-last" / "weights.safetensors")))
     assert outs[0].keys() == outs[1].keys()
     for name in outs[0]:  # bit-identical weights (the file header's key order may vary)
@@ -119,7 +119,7 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Model, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):  # the run stops (the CLI exits 130), after saving
-        train(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path, progress=False)
+        train(load_config(REPO / "configs" / "sample_pos.yaml"), tmp_path, progress=False)
     model = load_model(tmp_path / "model-last")
     assert len(model.predict(["The cat sleeps ."])[0]["tags"]) == 4
 
@@ -207,11 +207,11 @@ def test_ner_with_a_crf_output_layer(cli, tmp_path):
 
 def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):
     assert "Total params" in cli("summary", trained_pos).output
-    assert "bilstm_1 (Bidirectional)" in cli("summary", REPO / "configs" / "quickstart.yaml").output
+    assert "bilstm_1 (Bidirectional)" in cli("summary", REPO / "configs" / "sample_pos.yaml").output
     cfg = tmp_path / "new.yaml"
     cli("init-config", "--task", "classify", "--output", cfg)
     assert "task: classify" in cfg.read_text()
-    out = cli("debug-data", REPO / "configs" / "quickstart.yaml").output
+    out = cli("debug-data", REPO / "configs" / "sample_pos.yaml").output
     assert "OOV" in out and "majority baseline" in out
 
 
