@@ -28,6 +28,11 @@ def test_train_writes_a_complete_output_folder(trained_pos):
     assert logs[-1]["loss"] < logs[0]["loss"]
     assert max(r["dev_score"] for r in logs) > 0.8
     assert not list(trained_pos.glob(".*tmp*")), "temporary files left behind"
+    # a model card in both model directories (written after their last save), and the curves
+    for name in ("model-best", "model-last"):
+        card = (trained_pos / name / "README.md").read_text(encoding="utf-8")
+        assert "tag" in card and "sha256" in card and "NOUN" in card, name
+    assert (trained_pos / "curves.png").stat().st_size > 10_000
 
 
 def test_evaluate_prints_scores_and_writes_json(cli, trained_pos, tmp_path):
