@@ -8,6 +8,9 @@ Formats (``read_examples(path, format, **options)``):
             lines skipped wherever they appear; ``token_column`` / ``label_column`` indices.
     tsv     one text per line; ``text_column`` / ``label_column`` by index or header name.
     trec    ``COARSE:fine question text``; ``label="coarse"`` or ``"fine"`` (``COARSE:fine``).
+    label_text  ``LABEL text`` per line: the label, whitespace, the text (SST ``stsa.*``
+            files); ``label_prefix`` (e.g. ``__label__``, fastText) is required on the
+            label and removed from it.
     jsonl   one JSON object per line; ``text_key`` / ``label_key``.  A list under
             ``text_key`` is taken as tokens, a list under ``label_key`` as per-token labels.
     text    one raw sentence per line, no labels (prediction input).
@@ -404,6 +407,41 @@ def read_trec(path: PathLike, label: str = "coarse", encoding: str = "utf-8") ->
     return _nonempty(path, examples(), "questions")
 
 
+def _label_text_example(line: str, label_prefix: str, source: str) -> Example | None:
+    """One ``LABEL text`` line as an example; None (when collecting) for a malformed line."""
+    if line[:1].isspace():
+        return _malformed(f"{source}: line starts with whitespace; expected 'LABEL text' with the label first")
+    label, text = (line.split(None, 1) + [""])[:2]  # the first space (or tab) ends the label
+    if not text.strip():
+        return _malformed(f"{source}: no text after the label {label!r}; expected 'LABEL text'")
+    if label_prefix:
+        if not label.startswith(label_prefix):
+            return _malformed(
+                f"{source}: label {label!r} does not start with data.label_prefix {label_prefix!r}; "
+                "fix the line or set data.label_prefix"
+            )
+        label = label[len(label_prefix):]
+        if text.lstrip().startswith(label_prefix):
+            return _malformed(f"{source}: more than one label; label_text takes one label per line")
+    if not label:
+        return _malformed(f"{source}: empty label after the prefix {label_prefix!r}")
+    return _text_example(text.strip(), label, source)
+
+
+def read_label_text(path: PathLike, label_prefix: str = "", encoding: str = "utf-8") -> Iterator[Example]:
+    """``LABEL text`` per line (SST ``stsa.binary``: ``1 a gorgeous film .``); with
+    ``label_prefix="__label__"`` the fastText form ``__label__pos a gorgeous film .``."""
+
+    def examples() -> Iterator[Example]:
+        for lineno, line in iter_lines(path, encoding):
+            if line.strip():
+                ex = _label_text_example(line, label_prefix, f"{path}:{lineno}")
+                if ex is not None:  # None: a malformed line, recorded by collect_malformed
+                    yield ex
+
+    return _nonempty(path, examples(), "examples")
+
+
 def read_jsonl(
     path: PathLike, text_key: str = "text", label_key: str | None = "label", encoding: str = "utf-8"
 ) -> Iterator[Example]:
@@ -466,6 +504,7 @@ READERS: dict[str, Callable[..., Iterator[Example]]] = {
     "conll": read_conll,
     "tsv": read_tsv,
     "trec": read_trec,
+    "label_text": read_label_text,
     "jsonl": read_jsonl,
     "text": read_text,
 }
