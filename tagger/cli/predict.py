@@ -19,15 +19,21 @@ def predict(
     encoding: str = typer.Option("utf-8", help="encoding of the input files", callback=text_encoding),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     batch_size: int = typer.Option(256, help="sentences per batch", callback=positive_int),
+    shard: Optional[str] = typer.Option(
+        None, help="I/N: predict shard I of N (byte-balanced; big files split by lines); auto or auto/N in a Slurm array"
+    ),
+    overwrite: bool = typer.Option(False, help="redo outputs an earlier run completed (default: skip them and resume)"),
 ):
-    """Tag or classify raw text files; one output per input, written atomically."""
+    """Tag or classify raw text files; one output per input, written atomically. A rerun
+    into the same --output skips what is complete (resume); --shard splits the work."""
     with user_errors():
         from tagger.predict import predict_files
 
         if output not in (None, "-"):
             check_output_dir(output, "--output")
         m = load(str(model), device)
-        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, batch_size=batch_size)
+        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, overwrite=overwrite,
+                             batch_size=batch_size, shard=shard)
         if output not in (None, "-"):
             for src, dst, n in done:
-                note(f"{src} -> {dst} ({n} records)")
+                note(f"{src} -> {dst} ({'already complete' if n is None else f'{n} records'})")
