@@ -29,7 +29,7 @@ from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrai
 from tagger.device import announce_compile, resolve_device
 from tagger.errors import TaggerError
 from tagger.card import write_card
-from tagger.fsutil import OutputLock, start_run
+from tagger.fsutil import OutputLock, cleanup_stale, start_run
 from tagger.io import load_model, save_model
 from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
@@ -235,6 +235,10 @@ class Checkpoints:
         save_model(self.model, self.dir / LAST)
         if not (self.dir / BEST).exists():
             save_model(self.model, self.dir / BEST)
+        # an interrupt that landed inside a save (between creating its temporary folder and
+        # the cleanup that guards it) leaves that folder: this run holds the output lock, so
+        # every temporary here is its own
+        cleanup_stale(self.dir, all_pids=True)
 
 
 class Progress:
