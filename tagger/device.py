@@ -48,9 +48,33 @@ def resolve_device(device: str = "cpu", announce=False):
     return ops
 
 
-def announce_compile(ops):
-    """Say so before the first run compiles the backend's Numba kernels (later runs load
-    them from the on-disk cache)."""
-    cold = getattr(ops, "compile_notice", None)
-    if cold is not None and cold():
-        print("compiling Numba kernels (first run only; later runs load them from the cache)...", file=sys.stderr)
+COMPILE_NOTICE = "compiling Numba kernels (first run only; later runs load them from the cache)..."
+_listening: list = []  # the one listener of this process, once installed
+
+
+def announce_compile(ops=None):
+    """Say so, once per process, when a Numba kernel is actually being compiled.
+
+    Numba fires its "numba:compile" event only on a real compilation, never when a
+    kernel is loaded from the on-disk cache, so the notice cannot be printed on a warm
+    run (a check of the cache files before the run cannot know which kernels the run
+    will use: kernels it never calls are never cached, and the CRF kernels live in
+    another module). `ops` is accepted for the callers' convenience and not needed.
+    """
+    if _listening:
+        return
+    from numba.core import event
+
+    class _Once(event.Listener):
+        def on_start(self, ev):
+            if not self.done:
+                self.done = True
+                print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    listener = _Once()
+    listener.done = False
+    event.register("numba:compile", listener)
+    _listening.append(listener)
