@@ -49,7 +49,7 @@ def resolve_device(device: str = "cpu", announce=False):
 
 
 COMPILE_NOTICE = "compiling Numba kernels (first run only; later runs load them from the cache)..."
-_listening: list = []  # the one listener of this process, once installed
+_notice = {"listening": False, "said": False}  # one listener per process; the notice at most once
 
 
 def announce_compile(ops=None):
@@ -57,24 +57,23 @@ def announce_compile(ops=None):
 
     Numba fires its "numba:compile" event only on a real compilation, never when a
     kernel is loaded from the on-disk cache, so the notice cannot be printed on a warm
-    run (a check of the cache files before the run cannot know which kernels the run
-    will use: kernels it never calls are never cached, and the CRF kernels live in
-    another module). `ops` is accepted for the callers' convenience and not needed.
+    run. (Checking the cache files before the run cannot know which kernels the run will
+    use: kernels a run never calls - sigmoid, pooling and SGD for a POS tagger - are never
+    cached, so such a check said "compiling" on every command.) `ops` is accepted for the
+    callers' convenience and not needed.
     """
-    if _listening:
+    if _notice["listening"]:
         return
     from numba.core import event
 
     class _Once(event.Listener):
         def on_start(self, ev):
-            if not self.done:
-                self.done = True
+            if not _notice["said"]:
+                _notice["said"] = True
                 print(COMPILE_NOTICE, file=sys.stderr, flush=True)
 
         def on_end(self, ev):
             pass
 
-    listener = _Once()
-    listener.done = False
-    event.register("numba:compile", listener)
-    _listening.append(listener)
+    event.register("numba:compile", _Once())
+    _notice["listening"] = True
