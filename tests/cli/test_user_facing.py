@@ -222,3 +222,10 @@ def test_eval_every_beyond_the_run_still_evaluates_and_saves_the_last_step(cli, 
     best = json.loads((out / "model-best" / "metrics.json").read_text())
     assert (best["step"], best["epoch"]) == (7, 1) and "dev" in best
     assert json.loads((out / "model-last" / "metrics.json").read_text())["step"] == 7
+
+
+def test_summary_json_is_the_table_as_one_document(cli, untrained_pos):
+    doc = json.loads(cli("summary", untrained_pos, "--json").stdout)
+    table = cli("summary", untrained_pos).stdout
+    assert doc["layers"] and all(f"{layer['params']:,}" in table for layer in doc["layers"])
+    assert f"Total params: {doc['total_params']:,}" in table
