@@ -49,7 +49,7 @@ def resolve_device(device: str = "cpu", announce=False):
 
 
 COMPILE_NOTICE = "compiling Numba kernels (first run only; later runs load them from the cache)..."
-_notice = {"listening": False, "said": False}  # one listener per process; the notice at most once
+_notice = {"said": False, "listening": set()}  # the notice at most once; one listener per event module
 
 
 def announce_compile(ops=None):
@@ -59,12 +59,24 @@ def announce_compile(ops=None):
     kernel is loaded from the on-disk cache, so the notice cannot be printed on a warm
     run. (Checking the cache files before the run cannot know which kernels the run will
     use: kernels a run never calls - sigmoid, pooling and SGD for a POS tagger - are never
-    cached, so such a check said "compiling" on every command.) `ops` is accepted for the
-    callers' convenience and not needed.
+    cached, so such a check said "compiling" on every command.) numba-cuda has its own
+    event module; it is listened to when `ops` is the CUDA backend.
     """
-    if _notice["listening"]:
+    modules = ["numba.core.event"]
+    if ops is not None and getattr(ops, "__name__", "").endswith("cuda"):
+        modules.append("numba.cuda.core.event")
+    for name in modules:
+        if name not in _notice["listening"]:
+            _listen(name)
+
+
+def _listen(module_name: str) -> None:
+    import importlib
+
+    try:
+        event = importlib.import_module(module_name)
+    except ImportError:  # an older numba-cuda shares numba's own event module
         return
-    from numba.core import event
 
     class _Once(event.Listener):
         def on_start(self, ev):
@@ -76,4 +88,4 @@ def announce_compile(ops=None):
             pass
 
     event.register("numba:compile", _Once())
-    _notice["listening"] = True
+    _notice["listening"].add(module_name)
