@@ -1,4 +1,4 @@
-"""Streaming prediction over raw text files.
+"""Streaming prediction over text files and already-tokenized files.
 
 Input: text files (or folders of them), one sentence (tagging) or one text
 (classification) per line; blank lines are boundaries and produce no record. Lines are
@@ -29,9 +29,10 @@ Formats:
            (classification: line number, label, probability, text)
     With a column input: conll writes each token line of the input with the predicted tag
     appended as one more column (tab-separated if the line is, else a space: diff it, or
-    score it with conlleval when the input has gold tags); conllu writes the CoNLL-U file
-    back (comments and multiword lines kept) with the predicted tag in the model's label
-    field (upos unless the model was trained on another CoNLL-U field).
+    score it with conlleval when the input has gold tags; -DOCSTART- lines are not written
+    back); conllu writes the CoNLL-U file back (comments and multiword lines kept) with the
+    predicted tag in the model's label field (upos unless the model was trained on another
+    CoNLL-U field): a CoNLL-U file has exactly 10 columns, so no column is added.
 
 `evaluate_to_file` is `tagger evaluate --predictions`: token, gold and predicted tag per
 line, space-separated, a blank line after each sentence (conlleval's input).
