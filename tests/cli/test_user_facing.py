@@ -229,3 +229,18 @@ def test_summary_json_is_the_table_as_one_document(cli, untrained_pos):
     table = cli("summary", untrained_pos).stdout
     assert doc["layers"] and all(f"{layer['params']:,}" in table for layer in doc["layers"])
     assert f"Total params: {doc['total_params']:,}" in table
+
+
+def test_evaluation_lines_go_to_stderr_also_beside_a_progress_bar(capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    from tagger.training import Progress
+
+    progress = Progress(3, enabled=False)
+    progress.bar = tqdm(total=3, file=sys.stderr)  # what a terminal gets
+    progress.echo("epoch 1 step 3: loss 1.0")
+    progress.close()
+    captured = capsys.readouterr()
+    assert "epoch 1 step 3" in captured.err and captured.out == ""  # tqdm.write alone would use stdout
