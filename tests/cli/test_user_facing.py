@@ -213,15 +213,16 @@ def test_eval_every_beyond_the_run_still_evaluates_and_saves_the_last_step(cli, 
     out = tmp_path / "run"
     result = cli(
         "train", REPO / "configs" / "sample_pos.yaml", "-o", out,
-        "--training.epochs", "1", "--training.max_steps", "7", "--training.eval_every", "500", "--no-progress",
-    )
+        "--training.epochs", "1", "--training.eval_every", "500", "--no-progress",
+    )  # one epoch of the sample is far fewer than 500 updates: the run ends with the data
     assert json.loads(result.stdout)["output"] == str(out)  # stdout: the one JSON result
-    assert "epoch 1 step 7:" in result.stderr and "tokens/s" in result.stderr
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [7]
+    assert len(logs) == 1 and 1 < logs[0]["step"] < 500
+    last = logs[0]["step"]
+    assert f"epoch 1 step {last}:" in result.stderr and "tokens/s" in result.stderr
     best = json.loads((out / "model-best" / "metrics.json").read_text())
-    assert (best["step"], best["epoch"]) == (7, 1) and "dev" in best
-    assert json.loads((out / "model-last" / "metrics.json").read_text())["step"] == 7
+    assert (best["step"], best["epoch"]) == (last, 1) and "dev" in best
+    assert json.loads((out / "model-last" / "metrics.json").read_text())["step"] == last
 
 
 def test_summary_json_is_the_table_as_one_document(cli, untrained_pos):
