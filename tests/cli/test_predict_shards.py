@@ -113,3 +113,16 @@ def test_no_input_loses_its_output(cli, untrained_pos, tmp_path):
     result = cli("predict", untrained_pos, tmp_path / "out" / "notes.txt.jsonl", "-o", tmp_path / "out", ok=False)
     one_line_error(result, "notes.txt.jsonl")
     assert json.loads((tmp_path / "out" / "notes.txt.jsonl").read_text().splitlines()[0])["text"] == "the dog ran"
+
+
+def test_column_files_are_never_cut_into_parts(cli, untrained_pos, tmp_path, monkeypatch):
+    monkeypatch.setattr(sharding, "MIN_PART_BYTES", 200)
+    rng = np.random.default_rng(1)
+    sentences = ["\n".join(f"{w}\tX" for w in rng.choice(WORDS, size=5)) for _ in range(60)]
+    src = tmp_path / "dev.conll"
+    src.write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
+    cli("predict", untrained_pos, src, "-o", tmp_path / "whole", "--format", "conll")
+    for i in range(2):
+        cli("predict", untrained_pos, src, "-o", tmp_path / "sharded", "--format", "conll", "--shard", f"{i}/2")
+    assert outputs(tmp_path / "sharded") == ["dev.conll"]  # one shard took the whole file
+    assert (tmp_path / "sharded" / "dev.conll").read_bytes() == (tmp_path / "whole" / "dev.conll").read_bytes()
