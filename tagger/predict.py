@@ -65,15 +65,23 @@ def _chunks(path: Path, encoding: str) -> Iterator[list[tuple[int, str]]]:
         yield chunk
 
 
+def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, batch_size=256) -> str:
+    """The formatted records of one chunk of (line number, text), as one string: the chunk
+    is split, encoded and predicted as batches, and written with one call."""
+    task = model.labeller
+    examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k, _ in chunk])
+    preds = model.predict_examples(examples, batch_size=batch_size)
+    record, format_record = task.record, task.format_record
+    return "".join([format_record(record(ex, pred), lineno, fmt) for (lineno, _), ex, pred in zip(chunk, examples, preds)])
+
+
 def predict_stream(model, path: Path, fmt: str, write, encoding="utf-8", batch_size=256) -> int:
-    """Predict every non-blank line of `path`, calling write(text) per record. Returns the count."""
-    n, task = 0, model.labeller
+    """Predict every non-blank line of `path`, calling write(text) once per chunk of
+    records. Returns the record count."""
+    n = 0
     for chunk in _chunks(path, encoding):
-        examples = examples_from_texts([t for _, t in chunk], [f"{path}:{k}" for k, _ in chunk])
-        preds = model.predict_examples(examples, batch_size=batch_size)
-        for (lineno, _), ex, pred in zip(chunk, examples, preds):
-            write(task.format_record(task.record(ex, pred), lineno, fmt))
-            n += 1
+        write(predict_chunk(model, chunk, str(path), fmt, batch_size))
+        n += len(chunk)
     return n
 
 

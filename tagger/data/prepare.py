@@ -19,7 +19,7 @@ import numpy as np
 
 from tagger.data.readers import read_examples, require_task, split_dev
 from tagger.data.types import Example
-from tagger.data.vocab import WordVocab, pretokenize
+from tagger.data.vocab import WordVocab, pretokenize_batch
 from tagger.errors import TaggerError
 from tagger.tasks import build_labels, make_task
 
@@ -85,18 +85,15 @@ def pretrained_matrix(config, words, train, seed):
 
 
 def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
-    """Unlabelled examples: the pre-tokenized words of each text and their character offsets."""
-    out = []
-    sources = list(sources) if sources is not None else None
-    for k, text in enumerate(texts):
-        pieces = pretokenize(text)
-        out.append(
-            Example(
-                [t for t, _ in pieces], text=text, offsets=[o for _, o in pieces],
-                source=sources[k] if sources else f"text {k + 1}",
-            )
-        )
-    return out
+    """Unlabelled examples: the pre-tokenized words of each text and their character offsets
+    (the whole batch split in one tokenizer call; tokens are slices of the text)."""
+    texts = list(texts)
+    sources = list(sources) if sources is not None else []
+    sources = sources or [f"text {k + 1}" for k in range(len(texts))]
+    return [
+        Example([text[a:b] for a, b in offsets], text=text, offsets=offsets, source=source)
+        for text, offsets, source in zip(texts, pretokenize_batch(texts), sources)
+    ]
 
 
 def data_report(config) -> dict:
