@@ -19,7 +19,7 @@ import numpy as np
 
 from tagger.data.readers import read_examples, require_task, split_dev
 from tagger.data.types import Example
-from tagger.data.vocab import WordVocab, pretokenize_batch
+from tagger.data.vocab import WordVocab, pretokenize
 from tagger.errors import TaggerError
 from tagger.tasks import build_labels, make_task
 
@@ -85,15 +85,17 @@ def pretrained_matrix(config, words, train, seed):
 
 
 def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
-    """Unlabelled examples: the pre-tokenized words of each text and their character offsets
-    (the whole batch split in one tokenizer call; tokens are slices of the text)."""
+    """Unlabelled examples: the pre-tokenized words of each text and their character offsets.
+    (One pre_tokenize call per text measured as fast as the tokenizers' encode_batch with
+    offsets over the whole batch: converting the results to Python dominates both.)"""
     texts = list(texts)
     sources = list(sources) if sources is not None else []
     sources = sources or [f"text {k + 1}" for k in range(len(texts))]
-    return [
-        Example([text[a:b] for a, b in offsets], text=text, offsets=offsets, source=source)
-        for text, offsets, source in zip(texts, pretokenize_batch(texts), sources)
-    ]
+    out = []
+    for text, source in zip(texts, sources):
+        pieces = pretokenize(text)
+        out.append(Example([t for t, _ in pieces], text=text, offsets=[o for _, o in pieces], source=source))
+    return out
 
 
 def data_report(config) -> dict:
