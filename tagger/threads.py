@@ -171,5 +171,5 @@ def threads_option(value: int | None):
 
     if value is not None and value < 1:
         raise typer.BadParameter(f"{value}: must be >= 1 (default: every core this process may use)")
-    configure(value, announce=True)
+    configure(value)  # quiet unless capped: the commands' stderr stays theirs
     return value
