@@ -56,36 +56,39 @@ def text_batches(path: Path, encoding: str, lines_per_batch: int, batches: int) 
     return [cycled[i : i + lines_per_batch] for i in range(0, need, lines_per_batch)]
 
 
-def _timed(fn, items):
-    """Seconds per item of fn(item), the first item a warm-up (not counted)."""
-    fn(items[0])
-    out = []
-    for item in items[1:]:
-        start = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - start)
-    return out
+def _seconds(fn, item) -> float:
+    start = time.perf_counter()
+    fn(item)
+    return time.perf_counter() - start
 
 
 def measure(model, chunks, batch_size: int) -> dict:
-    """End-to-end and model-only words/s over `chunks` (the first a warm-up)."""
+    """End-to-end and model-only words/s over `chunks` (the first a warm-up). The two are
+    timed alternately, batch by batch, so that load from other processes on a shared
+    machine hits both alike."""
     from tagger.data.prepare import examples_from_texts
     from tagger.predict import predict_chunk
 
     examples = [examples_from_texts([t for _, t in chunk]) for chunk in chunks]
     words = [sum(len(ex.tokens) for ex in exs) for exs in examples]
-    e2e = _timed(lambda c: predict_chunk(model, c, "benchmark", "jsonl", batch_size), chunks)
     encoded = [list(model.batches([ex for ex in exs if ex.tokens], batch_size, with_labels=False)) for exs in examples]
     ops = model.ops
+
+    def end_to_end(chunk):
+        predict_chunk(model, chunk, "benchmark", "jsonl", batch_size)
 
     def forward(batches):
         for batch in batches:
             ops.to_numpy(model.forward(batch, train=False)[0])  # waits for a device to finish
 
-    only = _timed(forward, encoded)
-    e2e_rates = [w / t for w, t in zip(words[1:], e2e)]
-    only_rates = [w / t for w, t in zip(words[1:], only)]
-    result = {"end_to_end": bootstrap_interval(e2e_rates), "model_only": bootstrap_interval(only_rates)}
+    end_to_end(chunks[0])  # warm-up: kernels loaded, caches filled
+    forward(encoded[0])
+    e2e, only = [], []
+    for chunk, batches in zip(chunks[1:], encoded[1:]):
+        e2e.append(_seconds(end_to_end, chunk))
+        only.append(_seconds(forward, batches))
+    result = {"end_to_end": bootstrap_interval([w / t for w, t in zip(words[1:], e2e)]),
+              "model_only": bootstrap_interval([w / t for w, t in zip(words[1:], only)])}
     result["end_to_end_fraction"] = round(sum(only) / sum(e2e), 3)
     return result
 
