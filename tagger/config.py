@@ -51,8 +51,8 @@ class DataConfig(Section):
     train: str | None = Field(None, description="training file")
     dev: str | None = Field(None, description="development file; null = carve dev_fraction out of train")
     test: str | None = Field(None, description="test file (optional)")
-    format: Literal["conllu", "conll", "tsv", "trec", "jsonl"] = Field(
-        "conllu", description="conllu | conll | tsv | trec | jsonl"
+    format: Literal["conllu", "conll", "tsv", "trec", "jsonl", "label_text"] = Field(
+        "conllu", description="conllu | conll | tsv | trec | jsonl | label_text"
     )
     token_column: Column = Field(
         None, description="conllu: field name (form); conll: column index (0); null = format default"
@@ -65,6 +65,7 @@ class DataConfig(Section):
     text_key: str = Field("text", description="jsonl: key of the text (or token list)")
     label_key: str = Field("label", description="jsonl: key of the label (or label list)")
     trec_label: Literal["coarse", "fine"] = Field("coarse", description="trec: coarse (6 classes) or fine (50)")
+    label_prefix: str = Field("", description="label_text: prefix on every label, e.g. __label__ (fastText)")
     scheme: Literal["iob1", "bio", "bioes", "none"] = Field(
         "none", description="tag scheme of the files: iob1 | bio | bioes | none (POS and other non-span labels)"
     )
@@ -104,6 +105,8 @@ class DataConfig(Section):
             opts["header"] = self.header
         elif fmt == "trec":
             opts["label"] = self.trec_label
+        elif fmt == "label_text":
+            opts["label_prefix"] = self.label_prefix
         elif fmt == "jsonl":
             opts["text_key"] = self.text_key
             opts["label_key"] = self.label_key

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import time
 from collections import Counter
@@ -27,10 +28,12 @@ import numpy as np
 from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
 from tagger.errors import TaggerError
+from tagger.card import write_card
 from tagger.fsutil import OutputLock, start_run
 from tagger.io import load_model, save_model
 from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
+from tagger.plot import write_curves
 
 BEST, LAST = "model-best", "model-last"
 
@@ -331,7 +334,7 @@ def execute(run: Run, progress=True) -> None:
     bar = Progress(total, progress)
     # a restarted run moves the previous run's models and logs to previous/ first, so fresh
     # logs never sit beside an old model-best
-    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl"))
+    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl", "curves.png"))
     log, checkpoints = RunLog(run.output_dir, bar.echo), Checkpoints(model, run.output_dir)
     steps = train_loop(
         model, epoch_batches(model, run.splits.train, tcfg), (lambda: model.evaluate(dev)) if dev else None,
@@ -360,4 +363,10 @@ def finalize(run: Run) -> dict:
     if run.splits.test:
         final["test"] = best.evaluate(run.splits.test)
     save_model(best, run.output_dir / BEST, final)
+    # after the last save_model of each directory (a save replaces the whole directory)
+    command = shlex.join(["tagger", *sys.argv[1:]])
+    for name in (BEST, LAST):
+        if (run.output_dir / name).is_dir():
+            write_card(run.output_dir / name, command=command)
+    write_curves(run.output_dir)  # curves.png, or a one-line note without matplotlib
     return final

@@ -151,7 +151,7 @@ def test_singleton_words_are_replaced_by_their_unknown_entry_at_the_given_rate()
 
 @pytest.fixture(scope="module")
 def quick():
-    return load_config(REPO / "configs" / "quickstart.yaml", overrides=["training.epochs=2", "training.batch_size=64"])
+    return load_config(REPO / "configs" / "sample_pos.yaml", overrides=["training.epochs=2", "training.batch_size=64"])
 
 
 def _model(cfg):
@@ -179,7 +179,7 @@ def test_epoch_batches_are_shuffled_per_epoch_and_replace_singletons_only_when_a
 
 
 def test_train_writes_logs_and_both_checkpoints_and_evaluates_the_last_step(quick, tmp_path):
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", overrides=["training.max_steps=5", "training.eval_every=2"])
+    cfg = load_config(REPO / "configs" / "sample_pos.yaml", overrides=["training.max_steps=5", "training.eval_every=2"])
     final = train(cfg, tmp_path, progress=False)
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [2, 4, 5]
@@ -206,7 +206,7 @@ def test_ctrl_c_saves_the_current_weights_and_keeps_the_optimizer_state_reachabl
         return real_step(self, batch)
 
     monkeypatch.setattr(Model, "train_step", interrupted)
-    run = training.setup(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path)
+    run = training.setup(load_config(REPO / "configs" / "sample_pos.yaml"), tmp_path)
     with pytest.raises(KeyboardInterrupt):  # the run stops: the CLI turns it into exit 130
         training.execute(run, progress=False)
     assert run.interrupted and int(run.optimizer.get_state()["step"]) == 3

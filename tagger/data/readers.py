@@ -8,6 +8,9 @@ Formats (``read_examples(path, format, **options)``):
             lines skipped wherever they appear; ``token_column`` / ``label_column`` indices.
     tsv     one text per line; ``text_column`` / ``label_column`` by index or header name.
     trec    ``COARSE:fine question text``; ``label="coarse"`` or ``"fine"`` (``COARSE:fine``).
+    label_text  ``LABEL text`` per line: the label, whitespace, the text (SST ``stsa.*``
+            files); ``label_prefix`` (e.g. ``__label__``, fastText) is required on the
+            label and removed from it.
     jsonl   one JSON object per line; ``text_key`` / ``label_key``.  A list under
             ``text_key`` is taken as tokens, a list under ``label_key`` as per-token labels.
     text    one raw sentence per line, no labels (prediction input).
@@ -87,13 +90,17 @@ def check_encoding(encoding: str, option: str = "data.encoding", where: str = ""
     return encoding
 
 
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Numbered raw lines; a damaged or fake .gz is a DataError naming the file."""
+def _raw_lines(path: Path, byte_range: tuple[int, int, int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines (of bytes [start, end) only, numbered from first_line, with
+    ``byte_range``); a damaged or fake .gz is a DataError naming the file."""
     gz = path.suffix == ".gz"
-    lineno = 0
+    start, end, first = byte_range if byte_range is not None else (0, None, 1)
+    lineno = first - 1
     try:
         with (gzip.open if gz else open)(path, "rb") as handle:
-            for lineno, raw in enumerate(handle, 1):
+            handle.seek(start)
+            lines = handle if end is None else _lines_until(handle, end - start)
+            for lineno, raw in enumerate(lines, first):
                 yield lineno, raw
     except gzip.BadGzipFile as err:
         raise DataError(
@@ -107,14 +114,30 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise DataError(f"{path}: the gzip file is damaged after line {lineno} ({err}); download or compress it again") from None
 
 
+def _lines_until(handle, budget: int) -> Iterator[bytes]:
+    # the range ends at a line boundary, so whole lines add up to exactly `budget` bytes
+    for raw in handle:
+        if budget <= 0:
+            return
+        budget -= len(raw)
+        yield raw
+
+
 def iter_lines(
-    path: PathLike, encoding: str = "utf-8", encoding_option: str = "data.encoding"
+    path: PathLike,
+    encoding: str = "utf-8",
+    encoding_option: str = "data.encoding",
+    byte_range: tuple[int, int, int] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` with line ends removed; decode errors name the line
-    and the setting that fixes them (``encoding_option``)."""
+    and the setting that fixes them (``encoding_option``).
+
+    ``byte_range=(start, end, first_line)`` reads only the lines in bytes [start, end) of
+    an uncompressed file, numbered from ``first_line``; start and end must sit at line
+    boundaries (tagger.sharding cuts a large file into such parts)."""
     path = check_file(path)
     check_encoding(encoding, encoding_option, str(path))
-    for lineno, raw in _raw_lines(path):
+    for lineno, raw in _raw_lines(path, byte_range):
         try:
             line = raw.decode(encoding)
         except UnicodeDecodeError as err:
@@ -384,6 +407,41 @@ def read_trec(path: PathLike, label: str = "coarse", encoding: str = "utf-8") ->
     return _nonempty(path, examples(), "questions")
 
 
+def _label_text_example(line: str, label_prefix: str, source: str) -> Example | None:
+    """One ``LABEL text`` line as an example; None (when collecting) for a malformed line."""
+    if line[:1].isspace():
+        return _malformed(f"{source}: line starts with whitespace; expected 'LABEL text' with the label first")
+    label, text = (line.split(None, 1) + [""])[:2]  # the first space (or tab) ends the label
+    if not text.strip():
+        return _malformed(f"{source}: no text after the label {label!r}; expected 'LABEL text'")
+    if label_prefix:
+        if not label.startswith(label_prefix):
+            return _malformed(
+                f"{source}: label {label!r} does not start with data.label_prefix {label_prefix!r}; "
+                "fix the line or set data.label_prefix"
+            )
+        label = label[len(label_prefix):]
+        if text.lstrip().startswith(label_prefix):
+            return _malformed(f"{source}: more than one label; label_text takes one label per line")
+    if not label:
+        return _malformed(f"{source}: empty label after the prefix {label_prefix!r}")
+    return _text_example(text.strip(), label, source)
+
+
+def read_label_text(path: PathLike, label_prefix: str = "", encoding: str = "utf-8") -> Iterator[Example]:
+    """``LABEL text`` per line (SST ``stsa.binary``: ``1 a gorgeous film .``); with
+    ``label_prefix="__label__"`` the fastText form ``__label__pos a gorgeous film .``."""
+
+    def examples() -> Iterator[Example]:
+        for lineno, line in iter_lines(path, encoding):
+            if line.strip():
+                ex = _label_text_example(line, label_prefix, f"{path}:{lineno}")
+                if ex is not None:  # None: a malformed line, recorded by collect_malformed
+                    yield ex
+
+    return _nonempty(path, examples(), "examples")
+
+
 def read_jsonl(
     path: PathLike, text_key: str = "text", label_key: str | None = "label", encoding: str = "utf-8"
 ) -> Iterator[Example]:
@@ -446,6 +504,7 @@ READERS: dict[str, Callable[..., Iterator[Example]]] = {
     "conll": read_conll,
     "tsv": read_tsv,
     "trec": read_trec,
+    "label_text": read_label_text,
     "jsonl": read_jsonl,
     "text": read_text,
 }

@@ -15,9 +15,12 @@ from .crf import CRF
 from .pooling import GlobalAveragePooling1D, GlobalMaxPooling1D
 from .recurrent import LSTM, Bidirectional
 from .sequential import Sequential
+from .conv import Conv1D
+from .wrappers import TimeDistributed
+from .chars import CharEncoder
 
 __all__ = [
     "Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF",
     "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Sequential", "Spans", "as_spans",
-    "serialize", "deserialize",
+    "serialize", "deserialize", "Conv1D", "TimeDistributed", "CharEncoder",
 ]

@@ -42,6 +42,8 @@ OP_NAMES = (
     "crf_nll",
     "crf_marginals",
     "crf_viterbi",
+    "conv1d_forward",
+    "conv1d_backward",
     "dropout_mask",
     "mul",
     "adam_update",

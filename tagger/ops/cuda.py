@@ -863,3 +863,5 @@ def crf_viterbi(E, starts, lengths, A, s, e):
 # Bound last, on purpose: tagger/ops/cuda.py re-exports the ops above, so the two modules
 # import each other; importing cuda here, at the end, lets either be imported first (the
 # ops only look C up when called).
+
+from tagger.ops._conv_cuda import conv1d_backward, conv1d_forward  # noqa: E402,F401  (issue 10: the char CNN)

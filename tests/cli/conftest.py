@@ -35,7 +35,7 @@ def trained_pos(tmp_path_factory):
     out = tmp_path_factory.mktemp("pos")
     result = CliRunner().invoke(
         app,
-        ["train", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--training.epochs", "6", "--no-progress"],
+        ["train", str(REPO / "configs" / "sample_pos.yaml"), "--output", str(out), "--training.epochs", "6", "--no-progress"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -51,7 +51,7 @@ def untrained_pos(tmp_path_factory):
     from tagger.io import save_model
     from tagger.models import Model, build_network
 
-    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    cfg = load_config(REPO / "configs" / "sample_pos.yaml")
     words, labels = build_vocabularies(cfg, load_splits(cfg).train)
     model = Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), ops="cpu"))
     out = tmp_path_factory.mktemp("untrained")

@@ -28,6 +28,11 @@ def test_train_writes_a_complete_output_folder(trained_pos):
     assert logs[-1]["loss"] < logs[0]["loss"]
     assert max(r["dev_score"] for r in logs) > 0.8
     assert not list(trained_pos.glob(".*tmp*")), "temporary files left behind"
+    # a model card in both model directories (written after their last save), and the curves
+    for name in ("model-best", "model-last"):
+        card = (trained_pos / name / "README.md").read_text(encoding="utf-8")
+        assert "tag" in card and "sha256" in card and "NOUN" in card, name
+    assert (trained_pos / "curves.png").stat().st_size > 10_000
 
 
 def test_evaluate_prints_scores_and_writes_json(cli, trained_pos, tmp_path):
@@ -96,7 +101,7 @@ def test_same_seed_reproduces_the_run_exactly(cli, tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"run{k}"
-        cli("train", REPO / "configs" / "quickstart.yaml", "-o", out, "--training.max_steps", "12", "--no-progress")
+        cli("train", REPO / "configs" / "sample_pos.yaml", "-o", out, "--training.max_steps", "12", "--no-progress")
         outs.append(load_file(str(out / "model-last" / "weights.safetensors")))
     assert outs[0].keys() == outs[1].keys()
     for name in outs[0]:  # bit-identical weights (the file header's key order may vary)
@@ -119,7 +124,7 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Model, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):  # the run stops (the CLI exits 130), after saving
-        train(load_config(REPO / "configs" / "quickstart.yaml"), tmp_path, progress=False)
+        train(load_config(REPO / "configs" / "sample_pos.yaml"), tmp_path, progress=False)
     model = load_model(tmp_path / "model-last")
     assert len(model.predict(["The cat sleeps ."])[0]["tags"]) == 4
 
@@ -207,11 +212,11 @@ def test_ner_with_a_crf_output_layer(cli, tmp_path):
 
 def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):
     assert "Total params" in cli("summary", trained_pos).output
-    assert "bilstm_1 (Bidirectional)" in cli("summary", REPO / "configs" / "quickstart.yaml").output
+    assert "bilstm_1 (Bidirectional)" in cli("summary", REPO / "configs" / "sample_pos.yaml").output
     cfg = tmp_path / "new.yaml"
     cli("init-config", "--task", "classify", "--output", cfg)
     assert "task: classify" in cfg.read_text()
-    out = cli("debug-data", REPO / "configs" / "quickstart.yaml").output
+    out = cli("debug-data", REPO / "configs" / "sample_pos.yaml").output
     assert "OOV" in out and "majority baseline" in out
 
 

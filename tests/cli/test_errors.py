@@ -107,7 +107,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli, tmp_path):
 
 
 def test_summary_sizes_go_together(cli):
-    quick = REPO / "configs" / "quickstart.yaml"
+    quick = REPO / "configs" / "sample_pos.yaml"
     one_line_error(cli("summary", quick, "--vocab-size", "100", ok=False), "--vocab-size and --labels")
     one_line_error(cli("summary", quick, "--vocab-size", "100", "--labels", "0", ok=False), "--labels 0")
     table = cli("summary", quick, "--vocab-size", "100", "--labels", "5").output

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tagger.errors import TaggerError
-from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
+from tagger.layers import (CRF, LSTM, Bidirectional, Conv1D, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential, deserialize, serialize)
 
 KERAS_ACTIVATIONS = {
@@ -165,7 +165,7 @@ def test_get_config_from_config_round_trip():
     assert rebuilt.get_config() == config
     assert [type(layer).__name__ for layer in rebuilt.layers] == [type(layer).__name__ for layer in model.layers]
     for layer in (LSTM(2, return_state=True), Dense(3, use_bias=False), Dropout(0.5), GlobalAveragePooling1D(),
-                  Embedding(9, 2, mask_zero=False)):
+                  Embedding(9, 2, mask_zero=False), Conv1D(4, 3, padding="same", activation="tanh")):
         again = deserialize(serialize(layer))
         assert type(again) is type(layer) and again.get_config() == layer.get_config()
     with pytest.raises(TaggerError, match="unknown layer class 'Lambda'"):

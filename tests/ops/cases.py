@@ -12,6 +12,7 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.ops import reference as ref
+from tests.ops.conv_cases import bad_calls as conv_bad_calls  # issue 10: conv1d_forward/backward
 
 LENGTHS = np.array([3, 6, 1, 0, 4])
 T = 6
@@ -86,7 +87,7 @@ def bad_calls(ops):
     exactly one bad argument. Arguments are host arrays (every backend takes them; the
     checks run before anything is copied). Labels start with the op's name."""
     a = _arrays(ops)
-    return {**_bad_lstm(ops, a), **_bad_layers(ops, a), **_bad_rest(ops, a)}
+    return {**_bad_lstm(ops, a), **_bad_layers(ops, a), **_bad_rest(ops, a), **conv_bad_calls(ops)}
 
 
 class _A:
