@@ -2,7 +2,8 @@
 
     available_cores()     (n, why): the smallest of the CPU affinity mask, the cgroup CPU
                           quota (v2 cpu.max or v1 cfs_quota_us / cfs_period_us, on the
-                          process's cgroup and its ancestors) and SLURM_CPUS_PER_TASK
+                          process's cgroup and its ancestors), SLURM_CPUS_PER_TASK, and for
+                          unbound MPI ranks the CPUs over the node's rank count
     configure(requested)  the process's ThreadPlan, applied once: the LSTM directions run
                           in `pair` threads, and BLAS gets `blas` threads inside each
 
@@ -27,6 +28,8 @@ from pathlib import Path
 from tagger.errors import TaggerError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# ranks of this MPI job on this node: MPICH/Hydra, Open MPI
+LOCAL_RANKS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,11 @@ def cgroup_cores(root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -> in
 
 
 def available_cores(affinity: set | None = None, cgroup_root: Path = CGROUP_ROOT,
-                    proc_cgroup: str | None = None, environ=None) -> tuple[int, str]:
-    """(cores, what limited them): the smallest of affinity, cgroup quota and SLURM."""
+                    proc_cgroup: str | None = None, environ=None, total_cpus: int | None = None) -> tuple[int, str]:
+    """(cores, what limited them): the smallest of affinity, cgroup quota, SLURM and, for
+    MPI ranks that are not bound to cores, the CPUs divided among the node's ranks."""
     environ = os.environ if environ is None else environ
+    total_cpus = os.cpu_count() if total_cpus is None else total_cpus
     if affinity is None:
         try:
             affinity = os.sched_getaffinity(0)
@@ -111,6 +116,10 @@ def available_cores(affinity: set | None = None, cgroup_root: Path = CGROUP_ROOT
     slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
     if slurm.isdigit() and int(slurm) >= 1:
         limits.append((int(slurm), "SLURM_CPUS_PER_TASK"))
+    # `mpiexec -n R tagger train` on one node without binding: the R ranks share the cores
+    local = next((environ[v].strip() for v in LOCAL_RANKS if environ.get(v, "").strip().isdigit()), "")
+    if local and int(local) > 1 and len(affinity) >= (total_cpus or len(affinity)):
+        limits.append((max(1, len(affinity) // int(local)), f"{len(affinity)} CPUs shared by {local} MPI ranks"))
     return min(limits, key=lambda item: item[0])
 
 

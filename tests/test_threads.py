@@ -59,6 +59,15 @@ def test_slurm_cpus_per_task_and_the_smallest_wins(tmp_path):
     assert threads.available_cores(set(range(8)), root, V2, {"SLURM_CPUS_PER_TASK": "x"})[0] == 6
 
 
+def test_unbound_mpi_ranks_share_the_node(tmp_path):
+    cpus = set(range(4))
+    got = threads.available_cores(cpus, tmp_path, "", {"MPI_LOCALNRANKS": "2"}, total_cpus=4)
+    assert got == (2, "4 CPUs shared by 2 MPI ranks")
+    assert threads.available_cores(cpus, tmp_path, "", {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, total_cpus=4)[0] == 1
+    # ranks bound to their own cores (affinity below the machine's count) keep their mask
+    assert threads.available_cores({0, 1}, tmp_path, "", {"MPI_LOCALNRANKS": "2"}, total_cpus=4)[0] == 2
+
+
 def test_the_real_process_has_at_least_one_core():
     n, source = threads.available_cores()
     assert n >= 1 and source
