@@ -797,8 +797,9 @@ def _pool():
 def num_threads():
     """Threads for running the two LSTM directions concurrently: the process's thread plan
     (tagger.threads.configure, which the CLI applies: all cores, BLAS one thread per
-    direction), else NUMBA_NUM_THREADS when set, else 1. Never more than 1 without a plan
-    that also limits BLAS: a threaded BLAS under two direction threads oversubscribes."""
+    direction), else NUMBA_NUM_THREADS when set (the old rule; BLAS then keeps its own
+    count), else 1: library use without a plan never adds direction threads on top of a
+    threaded BLAS unasked."""
     return pair_threads()
 
 
