@@ -42,9 +42,10 @@ def parse_args(argv=None):
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be fixed before numpy (and its BLAS) is imported
-    # --driver ops with --threads >= 2 runs the two directions in two threads, each with a
-    # one-thread BLAS (a multithreaded BLAS under each would oversubscribe the cores).
-    _blas = 1 if ARGS.driver == "ops" and ARGS.threads >= 2 else ARGS.threads
+    # --threads >= 2 runs the two directions in two threads (both drivers), each with a
+    # one-thread BLAS (a multithreaded BLAS under each would oversubscribe the cores); main()
+    # applies the same plan as the CLI (tagger.threads.configure). torch gets --threads.
+    _blas = 1
     for var, n in (("NUMBA_NUM_THREADS", ARGS.threads), ("OMP_NUM_THREADS", _blas),
                    ("OPENBLAS_NUM_THREADS", _blas), ("MKL_NUM_THREADS", _blas)):
         os.environ[var] = str(n)
@@ -341,14 +342,17 @@ def compile_times(threads):
 
 def main(args):
     from tagger.ops import cpu
+    from tagger.threads import configure
 
+    plan = configure(args.threads)  # what `tagger train/predict --threads N` applies
     rng = np.random.default_rng(args.seed)
     lengths, source = sentence_lengths(args.corpora, rng)
     train_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.batch, rng)]
     infer_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.infer_batch, rng)]
     print(f"lengths: {source}: {len(lengths)} sentences, mean {lengths.mean():.1f}, max {lengths.max()}")
     print(f"threads: {args.threads} (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
-          f"OPENBLAS/MKL/OMP={os.environ['OPENBLAS_NUM_THREADS']}; torch.set_num_threads({args.threads}))")
+          f"OPENBLAS/MKL/OMP={os.environ['OPENBLAS_NUM_THREADS']}; torch.set_num_threads({args.threads}); "
+          f"tagger plan: {plan.pair} direction thread(s), BLAS {plan.blas} each)")
 
     if not args.no_compile_times:
         cold_s, cached_s = compile_times(args.threads)

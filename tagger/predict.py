@@ -73,16 +73,25 @@ def _chunks(lines: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]
         yield chunk
 
 
+def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, batch_size=256) -> list[tuple[str, int]]:
+    """(formatted record, its token count) for each (line number, text) of a chunk: the
+    chunk is split, encoded and predicted as batches, then formatted in one pass."""
+    task = model.labeller
+    examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k, _ in chunk])
+    preds = model.predict_examples(examples, batch_size=batch_size)
+    record, format_record = task.record, task.format_record
+    return [(format_record(record(ex, pred), lineno, fmt), len(ex.tokens))
+            for (lineno, _), ex, pred in zip(chunk, examples, preds)]
+
+
 def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256) -> int:
     """Predict every non-blank line of `lines` ((line number, line) pairs), calling
     write(text, tokens) per record. Returns the count."""
-    n, task = 0, model.labeller
+    n = 0
     for chunk in _chunks(lines):
-        examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k, _ in chunk])
-        preds = model.predict_examples(examples, batch_size=batch_size)
-        for (lineno, _), ex, pred in zip(chunk, examples, preds):
-            write(task.format_record(task.record(ex, pred), lineno, fmt), tokens=len(ex.tokens))
-            n += 1
+        for text, tokens in predict_chunk(model, chunk, source, fmt, batch_size):
+            write(text, tokens=tokens)
+        n += len(chunk)
     return n
 
 

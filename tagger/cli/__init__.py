@@ -14,7 +14,7 @@ Every user error is printed as one line (`error: ...`) with exit status 1, never
 from __future__ import annotations
 
 from ._app import app
-from . import debug_data, evaluate, init_config, predict, summary, train  # noqa: F401  (registers the commands)
+from . import benchmark, debug_data, evaluate, init_config, predict, summary, train  # noqa: F401  (registers the commands)
 from . import export, plot  # noqa: F401
 
 

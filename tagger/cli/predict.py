@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from tagger.threads import threads_option
+
 from ._app import app
 from ._util import check_output_dir, load, note, positive_int, text_encoding, user_errors
 
@@ -24,6 +26,7 @@ def predict(
     encoding: str = typer.Option("utf-8", help="encoding of the input files", callback=text_encoding),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     batch_size: int = typer.Option(256, help="sentences per batch", callback=positive_int),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads (default: every core this process may use)", callback=threads_option),
     shard: Optional[str] = typer.Option(
         None, help="I/N: predict shard I of N (byte-balanced; big files split by lines); auto or auto/N in a Slurm array"
     ),

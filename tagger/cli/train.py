@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from tagger.threads import threads_option
+
 from ._app import app
 from ._util import note, parse_overrides, user_errors
 
@@ -19,6 +21,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu | cuda | auto (default: the config's `device`)"),
     corpora: Optional[Path] = typer.Option(None, help="root for ${corpora}/ paths (default: $TAGGER_CORPORA)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads (default: every core this process may use)", callback=threads_option),
 ):
     """Train a model. Extra options --SECTION.KEY VALUE override the config (e.g. --training.lr 0.01)."""
     with user_errors():

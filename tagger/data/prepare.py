@@ -138,17 +138,16 @@ def pretrained_matrix(config, words, train, seed):
 
 
 def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
-    """Unlabelled examples: the pre-tokenized words of each text and their character offsets."""
+    """Unlabelled examples: the pre-tokenized words of each text and their character offsets.
+    (One pre_tokenize call per text measured as fast as the tokenizers' encode_batch with
+    offsets over the whole batch: converting the results to Python dominates both.)"""
+    texts = list(texts)
+    sources = list(sources) if sources is not None else []
+    sources = sources or [f"text {k + 1}" for k in range(len(texts))]
     out = []
-    sources = list(sources) if sources is not None else None
-    for k, text in enumerate(texts):
+    for text, source in zip(texts, sources):
         pieces = pretokenize(text)
-        out.append(
-            Example(
-                [t for t, _ in pieces], text=text, offsets=[o for _, o in pieces],
-                source=sources[k] if sources else f"text {k + 1}",
-            )
-        )
+        out.append(Example([t for t, _ in pieces], text=text, offsets=[o for _, o in pieces], source=source))
     return out
 
 

@@ -142,9 +142,11 @@ class WordVocab:
         # class id per unknown surface form: a text repeats its unknown words, and the
         # class costs a Python call per token (a quarter of `tagger predict` before this)
         self._unknown_cache: dict[str, int] = {}
+        self._id_cache: dict[str, int] = {}  # word -> id (encode_batch)
 
     # at most this many unknown forms are remembered, so memory stays bounded on any stream
     UNKNOWN_CACHE_SIZE = 200_000
+    ID_CACHE_SIZE = 500_000
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -256,17 +258,32 @@ class WordVocab:
         return self.encode_batch([words])[0]
 
     def encode_batch(self, sentences: Sequence[Sequence[str]]) -> list[list[int]]:
-        """One id list per sentence, one id per word (the Rust side works in parallel)."""
-        sentences = [list(s) for s in sentences]
+        """One id list per sentence, one id per word.
+
+        A word's id depends on the word alone, so ids are remembered per word (bounded):
+        only words not seen before go through the tokenizer, in one batch. A dict lookup
+        per word is several times cheaper than the tokenizer's per-sentence round trip
+        (measured: Model.batches of a 256-line chunk, ~18 -> ~6 us per line)."""
+        cache = self._id_cache
+        missing = list(dict.fromkeys(w for s in sentences for w in s if w not in cache))
+        if missing:
+            if len(cache) + len(missing) > self.ID_CACHE_SIZE:
+                cache.clear()
+            for word, idx in zip(missing, self._encode_words_uncached(missing)):
+                cache[word] = idx
+        return [[cache[w] for w in s] for s in sentences]
+
+    def _encode_words_uncached(self, words: list[str]) -> list[int]:
+        """The id of each word through the tokenizer (each word a one-word sentence)."""
+        encodings = self._word_tokenizer.encode_batch([[w] for w in words], is_pretokenized=True,
+                                                      add_special_tokens=False)
         out = []
-        encodings = self._word_tokenizer.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
-        for words, enc in zip(sentences, encodings):
+        for word, enc in zip(words, encodings):
             ids = enc.ids
-            if len(ids) != len(words):  # only an empty word yields no token; look each word up
-                ids = [self.word_to_id(w) for w in words]
-            elif self._has_classes and UNK_ID in ids:
-                ids = [self.unknown_id(w) if i == UNK_ID else i for i, w in zip(ids, words)]
-            out.append(list(ids))
+            if len(ids) != 1:  # only an empty word yields no token
+                out.append(self.word_to_id(word))
+            else:
+                out.append(self.unknown_id(word) if ids[0] == UNK_ID else ids[0])
         return out
 
     def encode_text(self, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:

@@ -58,6 +58,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from tagger.errors import TaggerError
+from tagger.threads import pair_threads
 from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
 from tagger.ops._checks import run_pair
@@ -794,13 +795,12 @@ def _pool():
 
 
 def num_threads():
-    """Threads for running the two LSTM directions concurrently: NUMBA_NUM_THREADS when
-    set, else 1. Not the CPU count by default: BLAS already threads each GEMM, and on a
-    loaded machine two direction threads on top of it measured 10-50x slower training."""
-    env = os.environ.get("NUMBA_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    return 1
+    """Threads for running the two LSTM directions concurrently: the process's thread plan
+    (tagger.threads.configure, which the CLI applies: all cores, BLAS one thread per
+    direction), else NUMBA_NUM_THREADS when set (the old rule; BLAS then keeps its own
+    count), else 1: library use without a plan never adds direction threads on top of a
+    threaded BLAS unasked."""
+    return pair_threads()
 
 
 def _submit(threads):

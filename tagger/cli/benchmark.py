@@ -1,0 +1,136 @@
+"""`tagger benchmark speed MODEL TEXT`: words per second end to end and model-only.
+
+The method is spaCy's `benchmark speed`: cut the text into batches, time each batch,
+and report the mean words/s with a bootstrap 95% interval over the batches (resampling
+the per-batch rates). Two measurements per thread count:
+
+    end_to_end  what `tagger predict` does per chunk: split, encode, predict, decode and
+                format the records (tagger.predict.predict_chunk, jsonl)
+    model_only  the network's forward pass over the same, already encoded, batches
+
+at 1 thread and at N (--threads, default every core this process may use). One JSON
+document on stdout; a line per measurement on stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ._app import app
+from ._util import load, positive_int, text_encoding, user_errors
+
+benchmark_app = typer.Typer(help="Measure speed (words/s) of a trained model.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def bootstrap_interval(rates, samples=BOOTSTRAP_SAMPLES, seed=0) -> dict:
+    """The mean of per-batch rates and its bootstrap 95% interval (2.5 / 97.5 percentiles
+    of the means of `samples` resamples with replacement)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = rates[rng.integers(0, len(rates), size=(samples, len(rates)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(rates.mean()), 1), "low": round(float(low), 1), "high": round(float(high), 1)}
+
+
+def text_batches(path: Path, encoding: str, lines_per_batch: int, batches: int) -> list[list[tuple[int, str]]]:
+    """`batches` chunks of (line number, text) of non-blank lines, cycling through the
+    file when it is shorter than batches * lines_per_batch (a warm-up chunk comes first)."""
+    from tagger.data.readers import iter_lines
+    from tagger.errors import TaggerError
+
+    lines = [(k, t) for k, t in iter_lines(path, encoding, encoding_option="--encoding") if t.strip()]
+    if not lines:
+        raise TaggerError(f"TEXT {path}: has no non-blank line to predict")
+    need = (batches + 1) * lines_per_batch
+    cycled = [lines[i % len(lines)] for i in range(need)]
+    return [cycled[i : i + lines_per_batch] for i in range(0, need, lines_per_batch)]
+
+
+def _seconds(fn, item) -> float:
+    start = time.perf_counter()
+    fn(item)
+    return time.perf_counter() - start
+
+
+def measure(model, chunks, batch_size: int) -> dict:
+    """End-to-end and model-only words/s over `chunks` (the first a warm-up). The two are
+    timed alternately, batch by batch, so that load from other processes on a shared
+    machine hits both alike."""
+    from tagger.data.prepare import examples_from_texts
+    from tagger.predict import predict_chunk
+
+    examples = [examples_from_texts([t for _, t in chunk]) for chunk in chunks]
+    words = [sum(len(ex.tokens) for ex in exs) for exs in examples]
+    encoded = [list(model.batches([ex for ex in exs if ex.tokens], batch_size, with_labels=False)) for exs in examples]
+    ops = model.ops
+
+    def end_to_end(chunk):
+        predict_chunk(model, chunk, "benchmark", "jsonl", batch_size)
+
+    def forward(batches):
+        for batch in batches:
+            ops.to_numpy(model.forward(batch, train=False)[0])  # waits for a device to finish
+
+    end_to_end(chunks[0])  # warm-up: kernels loaded, caches filled
+    forward(encoded[0])
+    e2e, only = [], []
+    for chunk, batches in zip(chunks[1:], encoded[1:]):
+        e2e.append(_seconds(end_to_end, chunk))
+        only.append(_seconds(forward, batches))
+    result = {"end_to_end": bootstrap_interval([w / t for w, t in zip(words[1:], e2e)]),
+              "model_only": bootstrap_interval([w / t for w, t in zip(words[1:], only)])}
+    result["end_to_end_fraction"] = round(sum(only) / sum(e2e), 3)
+    return result
+
+
+def _describe(threads: int, result: dict) -> str:
+    e, m = result["end_to_end"], result["model_only"]
+    return (f"threads {threads}: end to end {e['mean']:,.0f} words/s [{e['low']:,.0f}, {e['high']:,.0f}], "
+            f"model only {m['mean']:,.0f} [{m['low']:,.0f}, {m['high']:,.0f}] "
+            f"(end to end = {result['end_to_end_fraction']:.2f} of model-only time)")
+
+
+@benchmark_app.command("speed")
+def speed(
+    model: Path = typer.Argument(..., help="model directory (or a training output folder)"),
+    text: Path = typer.Argument(..., help="a text file, one sentence (or text) per line"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads to compare with 1 (default: every core)"),
+    batches: int = typer.Option(50, "--batches", help="timed batches (the interval is over these)", callback=positive_int),
+    batch_size: int = typer.Option(256, "--batch-size", help="lines per batch", callback=positive_int),
+    encoding: str = typer.Option("utf-8", help="encoding of TEXT", callback=text_encoding),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+):
+    """Words/s end to end and model-only, with bootstrap 95% intervals, at 1 and N threads."""
+    with user_errors():
+        from tagger.errors import TaggerError
+        from tagger.threads import configure
+
+        if threads is not None and threads < 1:
+            raise TaggerError(f"--threads {threads}: must be >= 1 (default: every core this process may use)")
+        if not text.is_file():
+            raise TaggerError(f"TEXT {text}: no such file")
+        m = load(str(model), device)
+        chunks = text_batches(text, encoding, batch_size, batches)
+        plan = configure(threads)  # caps (and says so) past the cores available
+        report = {"model": str(model), "text": str(text), "batches": batches, "batch_size": batch_size,
+                  "cores": plan.cores, "cores_source": plan.source,
+                  "load_average": [round(x, 2) for x in os.getloadavg()], "threads": {}}
+        for n in sorted({1, plan.threads}):
+            configure(n)
+            result = measure(m, chunks, batch_size)
+            report["threads"][str(n)] = result
+            print(_describe(n, result), file=sys.stderr)
+        if plan.threads > 1:
+            one, many = report["threads"]["1"], report["threads"][str(plan.threads)]
+            report["scaling"] = {k: round(many[k]["mean"] / one[k]["mean"], 3) for k in ("end_to_end", "model_only")}
+        typer.echo(json.dumps(report, indent=2))

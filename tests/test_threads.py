@@ -1,0 +1,129 @@
+"""tagger.threads: the cores a process may use, the thread plan, and its effect on the layers."""
+import numpy as np
+import pytest
+
+from tagger import threads
+from tagger.errors import TaggerError
+from tagger.layers import LSTM, Bidirectional, Dense, Embedding, Sequential
+
+V2 = "0::/job\n"
+
+
+def fake_cgroup(root, rel="job", cpu_max=None, v1=None):
+    d = root / rel
+    d.mkdir(parents=True, exist_ok=True)
+    if cpu_max is not None:
+        (d / "cpu.max").write_text(cpu_max + "\n")
+    if v1 is not None:
+        (d / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (d / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    return root
+
+
+def test_affinity_alone_counts_the_allowed_cpus(tmp_path):
+    assert threads.available_cores({0, 3, 5}, tmp_path, "", {}) == (3, "CPU affinity")
+
+
+def test_cgroup_v2_quota_limits_and_rounds_down(tmp_path):
+    root = fake_cgroup(tmp_path, cpu_max="250000 100000")  # 2.5 cores of quota
+    assert threads.available_cores(set(range(8)), root, V2, {}) == (2, "cgroup CPU quota")
+    root = fake_cgroup(tmp_path, cpu_max="50000 100000")  # half a core still runs one thread
+    assert threads.available_cores(set(range(8)), root, V2, {})[0] == 1
+
+
+def test_cgroup_without_quota_and_an_ancestor_quota(tmp_path):
+    root = fake_cgroup(tmp_path, cpu_max="max 100000")
+    assert threads.available_cores(set(range(4)), root, V2, {}) == (4, "CPU affinity")
+    (tmp_path / "cpu.max").write_text("300000 100000\n")  # the parent's limit binds the child
+    assert threads.available_cores(set(range(8)), root, V2, {}) == (3, "cgroup CPU quota")
+
+
+def test_cgroup_v1_quota(tmp_path):
+    root = tmp_path / "v1"
+    fake_cgroup(root, rel="cpu,cpuacct/job", v1=(200000, 100000))
+    assert threads.available_cores(set(range(8)), root, "4:cpu,cpuacct:/job\n", {}) == (2, "cgroup CPU quota")
+    fake_cgroup(root, rel="cpu,cpuacct/job", v1=(-1, 100000))
+    assert threads.available_cores(set(range(8)), root, "4:cpu,cpuacct:/job\n", {})[0] == 8
+
+
+def test_damaged_cgroup_file_limits_nothing(tmp_path):
+    root = fake_cgroup(tmp_path, cpu_max="garbage")
+    assert threads.available_cores(set(range(4)), root, V2, {})[0] == 4
+
+
+def test_slurm_cpus_per_task_and_the_smallest_wins(tmp_path):
+    root = fake_cgroup(tmp_path, cpu_max="600000 100000")
+    env = {"SLURM_CPUS_PER_TASK": "2"}
+    assert threads.available_cores(set(range(8)), root, V2, env) == (2, "SLURM_CPUS_PER_TASK")
+    assert threads.available_cores({0}, root, V2, env) == (1, "CPU affinity")
+    assert threads.available_cores(set(range(8)), root, V2, {"SLURM_CPUS_PER_TASK": "x"})[0] == 6
+
+
+def test_unbound_mpi_ranks_share_the_node(tmp_path):
+    cpus = set(range(4))
+    got = threads.available_cores(cpus, tmp_path, "", {"MPI_LOCALNRANKS": "2"}, total_cpus=4)
+    assert got == (2, "4 CPUs shared by 2 MPI ranks")
+    assert threads.available_cores(cpus, tmp_path, "", {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, total_cpus=4)[0] == 1
+    # ranks bound to their own cores (affinity below the machine's count) keep their mask
+    assert threads.available_cores({0, 1}, tmp_path, "", {"MPI_LOCALNRANKS": "2"}, total_cpus=4)[0] == 2
+
+
+def test_the_real_process_has_at_least_one_core():
+    n, source = threads.available_cores()
+    assert n >= 1 and source
+
+
+def test_plan_caps_oversubscription_and_says_so():
+    plan, warning = threads.plan_threads(8, 2, "CPU affinity")
+    assert (plan.threads, plan.pair, plan.blas) == (2, 2, 1)
+    assert "--threads 8" in warning and "2 core" in warning
+    plan, warning = threads.plan_threads(None, 1)
+    assert (plan.threads, plan.pair, plan.blas, warning) == (1, 1, 1, None)
+    assert threads.plan_threads(1, 16)[0].pair == 1
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True])
+def test_plan_refuses_a_bad_thread_count(bad):
+    with pytest.raises(TaggerError, match="--threads"):
+        threads.plan_threads(bad, 4)
+
+
+def test_configure_limits_blas_and_sets_the_pair_threads(capsys):
+    from threadpoolctl import threadpool_info
+
+    plan = threads.configure(10_000)
+    assert "warning: --threads 10000" in capsys.readouterr().err
+    assert threads.current_plan() == plan and threads.pair_threads() == plan.pair
+    assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+    threads.configure(1)
+    assert threads.pair_threads() == 1
+
+
+def _bilstm_step(seed=3):
+    """Outputs and gradients of one training step through Embedding -> BiLSTM -> Dense."""
+    model = Sequential([Embedding(50, 16), Bidirectional(LSTM(24, return_sequences=True)), Dense(5)],
+                       seed=seed, ops="cpu", dtype=np.float32)
+    ids = np.random.default_rng(seed).integers(1, 50, size=(9, 13))
+    ids[2, 7:] = 0
+    ids[5, 3:] = 0
+    y, backprop = model.forward(ids, train=True)
+    backprop(np.cos(np.asarray(y)))
+    grads = {(i, k): np.array(g) for i, layer in enumerate(model.layers) for k, g in enumerate(layer.grads)}
+    return np.array(y), grads
+
+
+def test_a_pair_run_is_bit_identical_with_one_and_two_threads(monkeypatch):
+    from tagger.ops import cpu
+
+    calls = []
+    monkeypatch.setattr(cpu, "_submit", lambda n, _real=cpu._submit: calls.append(cpu.num_threads()) or _real(n))
+    threads.configure(1)
+    y1, g1 = _bilstm_step()
+    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))  # two threads even on one core
+    y2, g2 = _bilstm_step()
+    threads.configure(1)
+    assert 1 in calls and 2 in calls  # both runs really went through the pair ops
+    np.testing.assert_array_equal(y1, y2)
+    assert g1.keys() == g2.keys() and g1
+    for name in g1:
+        np.testing.assert_array_equal(g1[name], g2[name], err_msg=str(name))
