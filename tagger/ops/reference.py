@@ -252,10 +252,7 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
         do = dh * tc
         dc = dc_next[rows] + dh * o * lstm_dact(tc, act)
         # 3. c = f * c_prev + i * g
-        di = dc * g
-        dg = dc * i
-        df = dc * c_prev
-        dc_prev = dc * f
+        di, dg, df, dc_prev = dc * g, dc * i, dc * c_prev, dc * f
         # 4. gate nonlinearities
         dz = np.concatenate([di * lstm_dact(i, rec_act), df * lstm_dact(f, rec_act), dg * lstm_dact(g, act),
                              do * lstm_dact(o, rec_act)], axis=1)
