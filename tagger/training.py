@@ -316,9 +316,10 @@ class StopRequests:
     so all stop after the same step); `stop()` re-raises it through the handler it replaced
     (the CLI's: exit 130 / 143)."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = True):
         self.signum = 0
         self.previous: dict = {}
+        self.echo = echo  # under MPI rank 0 alone says so
 
     def __enter__(self) -> "StopRequests":
         try:
@@ -337,7 +338,8 @@ class StopRequests:
         if self.signum:
             self.stop(signum)
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop now)", file=sys.stderr)
+        if self.echo:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop now)", file=sys.stderr)
 
     def requested(self, w) -> int:
         return int(global_max(w, self.signum))
@@ -524,7 +526,7 @@ def execute(run: Run, progress=True) -> None:
     Ctrl-C / SIGTERM stops it after the current step, saves model-last (model-best if none) and
     a checkpoint, says how to resume, and re-raises (the CLI exits 130 / 143)."""
     job = Job(run, progress)
-    with StopRequests() as stops:
+    with StopRequests(echo=run.world.is_root) as stops:
         try:
             for s in job.steps:
                 job.consume(s)
