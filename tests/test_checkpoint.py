@@ -182,3 +182,29 @@ def test_sigterm_checkpoints_exits_143_and_prints_the_command_that_resumes(tmp_p
     done = subprocess.run([sys.executable, "-c", CLI, *command[1:]], env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert weights(out / "model-last") == weights(ref / "model-last")
+
+
+def test_a_signal_is_noted_until_the_step_ends_and_a_second_one_stops_at_once(capsys):
+    from tagger.distributed import World
+    from tagger.training import StopRequests
+
+    with StopRequests() as stops:
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+        assert stops.requested(World()) == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert "SIGINT: stopping after this step (again to stop now)" in capsys.readouterr().err
+
+
+def test_start_run_keeps_the_previous_outputs_when_resuming_and_moves_them_otherwise(tmp_path):
+    from tagger.fsutil import start_run
+
+    (tmp_path / CHECKPOINT).mkdir()
+    (tmp_path / "loss.tsv").write_text("epoch\n")
+    (tmp_path / f".loss.tsv.{2**22 + 7}.dead.tmp").write_text("half")  # a killed writer's temporary
+    assert start_run(tmp_path, (CHECKPOINT, "loss.tsv"), resume=True) is None
+    assert (tmp_path / CHECKPOINT).is_dir() and (tmp_path / "loss.tsv").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert start_run(tmp_path, (CHECKPOINT, "loss.tsv")) == tmp_path / "previous"
+    assert (tmp_path / "previous" / CHECKPOINT).is_dir() and not (tmp_path / CHECKPOINT).exists()
