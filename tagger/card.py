@@ -14,7 +14,6 @@ card can be written for a model copied to another machine.  Speed comes from the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shlex
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tagger.errors import TaggerError
+from tagger.fsutil import file_sha256
 
 PACKAGES = ("tagger", "numpy", "numba", "tokenizers", "safetensors", "pydantic")
 
@@ -43,14 +43,6 @@ NOT_FOR = {
         "judgements): the scores are a model's guess, with errors that are not evenly spread.",
     ),
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path):
@@ -74,7 +66,7 @@ def _data_rows(config) -> list[str]:
             rows.append(f"| {split} | `{path}` | (not found here) | |")
             continue
         n = sum(1 for _ in read_examples(path, config.data.format, **config.data.reader_options()))
-        rows.append(f"| {split} | `{path}` | {n:,} | `{sha256_file(Path(path))}` |")
+        rows.append(f"| {split} | `{path}` | {n:,} | `{file_sha256(path)}` |")
     if len(rows) == 2:
         rows.append("| train | (none recorded in config.yaml) | | |")
     return rows

@@ -55,10 +55,10 @@ class DataConfig(Section):
         "conllu", description="conllu | conll | tsv | trec | jsonl | label_text"
     )
     token_column: Column = Field(
-        None, description="conllu: field name (form); conll: column index (0); null = format default"
+        None, description="column of the tokens, counted from 0 (see the note above): conll 0, conllu form (= 1); null = that default"
     )
     label_column: Column = Field(
-        None, description="conllu: upos|xpos|deprel|...; conll: index (-1); tsv: index or header name (1)"
+        None, description="column of the labels, counted from 0: conll -1 (the last); conllu upos (= 3), xpos, deprel...; tsv 1 or a header name"
     )
     text_column: Column = Field(None, description="tsv: index or header name of the text (0)")
     header: bool | None = Field(None, description="tsv: first line is a header; null = yes if columns are names")
@@ -520,6 +520,9 @@ def default_config_text(task: str = "tag") -> str:
         f"# tagger config ({task}).  Every key is shown with its default; unknown keys are refused.",
         "# Relative paths start at this file's folder; ${corpora}/... starts at --corpora DIR",
         f"# or ${CORPORA_VAR}.  Override any key on the command line: --training.lr 0.01",
+        "# Columns (data.token_column, label_column, text_column) count from 0 in every format,",
+        "# negative from the end (-1: the last); conllu also takes a field name (id form lemma upos",
+        "# xpos feats head deprel deps misc: upos is 3), tsv a header name; conll takes indices only.",
         "",
     ]
     for section, model in SECTIONS.items():

@@ -48,9 +48,44 @@ def resolve_device(device: str = "cpu", announce=False):
     return ops
 
 
-def announce_compile(ops):
-    """Say so before the first run compiles the backend's Numba kernels (later runs load
-    them from the on-disk cache)."""
-    cold = getattr(ops, "compile_notice", None)
-    if cold is not None and cold():
-        print("compiling Numba kernels (first run only; later runs load them from the cache)...", file=sys.stderr)
+COMPILE_NOTICE = "compiling Numba kernels (first run only; later runs load them from the cache)..."
+_notice = {"said": False, "listening": set()}  # the notice at most once; one listener per event module
+
+
+def announce_compile(ops=None):
+    """Say so, once per process, when a Numba kernel is actually being compiled.
+
+    Numba fires its "numba:compile" event only on a real compilation, never when a
+    kernel is loaded from the on-disk cache, so the notice cannot be printed on a warm
+    run. (Checking the cache files before the run cannot know which kernels the run will
+    use: kernels a run never calls - sigmoid, pooling and SGD for a POS tagger - are never
+    cached, so such a check said "compiling" on every command.) numba-cuda has its own
+    event module; it is listened to when `ops` is the CUDA backend.
+    """
+    modules = ["numba.core.event"]
+    if ops is not None and getattr(ops, "__name__", "").endswith("cuda"):
+        modules.append("numba.cuda.core.event")
+    for name in modules:
+        if name not in _notice["listening"]:
+            _listen(name)
+
+
+def _listen(module_name: str) -> None:
+    import importlib
+
+    try:
+        event = importlib.import_module(module_name)
+    except ImportError:  # an older numba-cuda shares numba's own event module
+        return
+
+    class _Once(event.Listener):
+        def on_start(self, ev):
+            if not _notice["said"]:
+                _notice["said"] = True
+                print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", _Once())
+    _notice["listening"].add(module_name)

@@ -17,6 +17,7 @@ process is still writing, and remove only the former.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import errno
 import os
 import re
@@ -30,6 +31,16 @@ from tagger.errors import TaggerError
 LOCK_NAME = ".tagger.lock"
 PREVIOUS = "previous"
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+# ----------------------------------------------------------------------------- contents
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- temporaries

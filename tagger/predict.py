@@ -1,4 +1,4 @@
-"""Streaming prediction over raw text files.
+"""Streaming prediction over text files and already-tokenized files.
 
 Input: text files (or folders of them), one sentence (tagging) or one text
 (classification) per line; blank lines are boundaries and produce no record. Lines are
@@ -9,8 +9,19 @@ What a record holds and how it is written per format is the task's
 (`tagger.tasks`); this module reads the inputs and writes the outputs.
 Raw texts in memory: `tagger.load(path).predict(["..."])` (Model.predict).
 
+Already-tokenized input (`--input-format`, by default from the suffix: .conll and
+.conllu are column files, anything else is text):
+    text    one raw sentence per line, split by the pre-tokenizer
+    tokens  one sentence per line, tokens split on whitespace (offsets still point into it)
+    conll / conllu  the token column of a column file, read by tagger.data.readers (the
+           one CoNLL parser): sentence boundaries kept, comments, -DOCSTART-, multiword
+           ranges and empty nodes handled as for training
+
 Each input gets one output, written to a temporary file and renamed into place when
-complete, so an interrupted run never leaves a half-written output.
+complete, so an interrupted run never leaves a half-written output. Into a folder, a run
+is resumable (a rerun skips every output a run with the same model and settings
+completed) and shardable (`--shard I/N`, or `auto` in a Slurm array): see
+tagger/sharding.py and docs/cluster.md.
 
 Formats:
     jsonl  one JSON object per non-blank line: line, text, tokens, offsets (character
@@ -19,43 +30,40 @@ Formats:
     conll  token<TAB>tag per line, a blank line after each sentence (classification: as tsv)
     tsv    one row per line: line number, then the tokens and tags space-joined
            (classification: line number, label, probability, text)
+    With a column input: conll writes each token line of the input with the predicted tag
+    appended as one more column (tab-separated if the line is, else a space: diff it, or
+    score it with conlleval when the input has gold tags; -DOCSTART- lines are not written
+    back); conllu writes the CoNLL-U file back (comments and multiword lines kept) with the
+    predicted tag in the model's label field (upos unless the model was trained on another
+    CoNLL-U field): a CoNLL-U file has exactly 10 columns, so no column is added.
+
+`evaluate_to_file` is `tagger evaluate --predictions`: token, gold and predicted tag per
+line, space-separated, a blank line after each sentence (conlleval's input).
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tagger.data.prepare import examples_from_texts
-from tagger.data.readers import iter_lines, list_input_files
+from tagger.data.readers import CONLLU_FIELDS, iter_lines, read_examples
+from tagger.data.types import Example
 from tagger.errors import TaggerError
 from tagger.fsutil import atomic_file
 
-FORMATS = ("jsonl", "conll", "tsv")
-SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv"}
+FORMATS = ("jsonl", "conll", "tsv", "conllu")
+SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv", "conllu": ".conllu"}
+INPUT_FORMATS = ("text", "tokens", "conll", "conllu")
+COLUMN_INPUTS = ("conll", "conllu")
 CHUNK_LINES = 2048
 
 
-def collect_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
-    """(file, relative output name) for each input file, folders expanded (sorted, recursive)."""
-    out = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = list_input_files(p)
-            if not files:
-                raise TaggerError(f"{p}: folder has no files to predict")
-            out.extend((f, f.relative_to(p)) for f in files)
-        elif p.is_file():
-            out.append((p, Path(p.name)))
-        else:
-            raise TaggerError(f"{p}: no such file or folder")
-    return out
-
-
-def _chunks(path: Path, encoding: str) -> Iterator[list[tuple[int, str]]]:
+def _chunks(lines: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
+    """The non-blank (line number, line) pairs of `lines`, CHUNK_LINES at a time."""
     chunk = []
-    for lineno, line in iter_lines(path, encoding, encoding_option="--encoding"):
+    for lineno, line in lines:
         if line.strip():
             chunk.append((lineno, line))
         if len(chunk) >= CHUNK_LINES:
@@ -65,43 +73,221 @@ def _chunks(path: Path, encoding: str) -> Iterator[list[tuple[int, str]]]:
         yield chunk
 
 
-def predict_stream(model, path: Path, fmt: str, write, encoding="utf-8", batch_size=256) -> int:
-    """Predict every non-blank line of `path`, calling write(text) per record. Returns the count."""
+def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256) -> int:
+    """Predict every non-blank line of `lines` ((line number, line) pairs), calling
+    write(text, tokens) per record. Returns the count."""
     n, task = 0, model.labeller
-    for chunk in _chunks(path, encoding):
-        examples = examples_from_texts([t for _, t in chunk], [f"{path}:{k}" for k, _ in chunk])
+    for chunk in _chunks(lines):
+        examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k, _ in chunk])
         preds = model.predict_examples(examples, batch_size=batch_size)
         for (lineno, _), ex, pred in zip(chunk, examples, preds):
-            write(task.format_record(task.record(ex, pred), lineno, fmt))
+            write(task.format_record(task.record(ex, pred), lineno, fmt), tokens=len(ex.tokens))
             n += 1
     return n
 
 
-def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", overwrite=True, batch_size=256):
-    """Predict each input into OUTPUT/<name><suffix> (atomically), or to stdout with output '-'.
+def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", overwrite=False, batch_size=256,
+                  shard=None, input_format=None):
+    """Predict each input into OUTPUT/<name><suffix>, or to stdout with output None or '-'.
 
-    Returns [(input, output path or '-', records)].
+    input_format: one of INPUT_FORMATS, or None to choose per file by its suffix.
+    With an output folder the run is resumable and shardable (tagger/sharding.py):
+    `shard` "I/N", "auto" or "auto/N" takes shard I's byte-balanced share of the inputs
+    (a large text file is cut into line ranges, written as NAME.part-III-of-NNN<suffix>;
+    column files stay whole, a sentence spans lines); an output an earlier run completed
+    with the same model, inputs and settings is skipped unless `overwrite`; each output is
+    written atomically and recorded in the shard's manifest.
+    Returns [(input, output path or '-', records, or None when skipped)].
     """
+    from tagger import sharding
+    from tagger.sharding import ShardRun, expand_inputs, parse_shard, plan_shards
+
     if fmt not in FORMATS:
         raise TaggerError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    files = collect_inputs(inputs)
-    done = []
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        raise TaggerError(f"unknown --input-format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
+    files = expand_inputs(inputs)
+    kinds = {f.path: input_format_of(f.path, input_format) for f in files}
+    for f in files:
+        check_formats(model, f.path, kinds[f.path], fmt)
+
+    def stream(path, lines, write):
+        if kinds[path] == "text":
+            warn_if_columns(path, encoding)
+            return predict_stream(model, lines, fmt, write, path, batch_size)
+        return predict_pretokenized(model, path, kinds[path], fmt, write, encoding, batch_size, lines)
+
     if output in (None, "-"):
-        for path, _ in files:
-            n = predict_stream(model, path, fmt, sys.stdout.write, encoding, batch_size)
-            done.append((path, "-", n))
+        if shard is not None:
+            raise TaggerError("--shard needs --output DIR: shards write their parts into one folder")
+        done = []
+        for f in files:
+            lines = iter_lines(f.path, encoding, encoding_option="--encoding")
+            done.append((f.path, "-", stream(f.path, lines, lambda text, tokens=0: sys.stdout.write(text))))
         sys.stdout.flush()
         return done
+    i, n = parse_shard(shard)
     out_dir = Path(output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TaggerError(f"--output {out_dir}: exists and is not a folder")
-    for path, rel in files:
-        target = out_dir / rel.with_name(rel.name + SUFFIX[fmt]) if rel.suffix != SUFFIX[fmt] else out_dir / rel
-        if target.exists() and not overwrite:
-            done.append((path, target, None))
+    whole = any(k in COLUMN_INPUTS for k in kinds.values())
+    plan = plan_shards(inputs, n, i, out_dir, SUFFIX[fmt], min_part_bytes=sys.maxsize if whole else sharding.MIN_PART_BYTES)
+    settings = {"format": fmt, "encoding": encoding, "input_format": input_format}
+    run = ShardRun(plan, out_dir, model_digest(model), settings, overwrite=overwrite)
+    done = []
+    for unit in plan:
+        if run.done(unit):
+            done.append((unit.source.path, out_dir / unit.output, None))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(target) as fh:
-            n = predict_stream(model, path, fmt, fh.write, encoding, batch_size)
-        done.append((path, target, n))
+        with run.open(unit) as writer:
+            records = stream(unit.source.path, unit.lines(encoding), writer.write)
+        done.append((unit.source.path, out_dir / unit.output, records))
+    run.finish()
     return done
+
+
+def model_digest(model) -> str:
+    """sha256 of what a model predicts with: its config, vocabularies and weights. Outputs
+    of two models never mix in one --output folder."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for text in (model.config.to_yaml(), model.words.tokenizer.to_str(), "\n".join(model.labels.labels)):
+        h.update(text.encode("utf-8"))
+    for name, w in model.network.named_weights():
+        h.update(name.encode("utf-8"))
+        h.update(w.tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# already-tokenized inputs: whitespace tokens, or the token column of a CoNLL / CoNLL-U file
+
+
+def input_format_of(path: Path, input_format: str | None) -> str:
+    """--input-format, or from the suffix (.conll, .conllu; a .gz after it is looked through)."""
+    if input_format is not None:
+        return input_format
+    suffixes = [x for x in Path(path).suffixes if x != ".gz"]
+    last = suffixes[-1].lstrip(".") if suffixes else ""
+    return last if last in COLUMN_INPUTS else "text"
+
+
+def check_formats(model, path: Path, kind: str, fmt: str) -> None:
+    """Refuse the input/output pairs that cannot be written."""
+    if model.labeller.name != "tag" and kind in COLUMN_INPUTS:
+        raise TaggerError(f"{path}: --input-format {kind} needs a tagging model; classify text or tokens instead")
+    if fmt == "conllu" and kind != "conllu":
+        raise TaggerError(f"{path}: --format conllu writes a CoNLL-U input back; use --input-format conllu or another --format")
+
+
+def warn_if_columns(path: Path, encoding: str) -> None:
+    """A column file read as text would tag each `token<TAB>tag` line as a sentence: say so."""
+    for _, line in iter_lines(path, encoding, encoding_option="--encoding"):
+        if line.strip():
+            if "\t" in line.strip():
+                print(f"warning: {path} has tab-separated columns but is read as text (one sentence per line); "
+                      "use --input-format conll (or conllu) for a column file", file=sys.stderr)
+            return
+
+
+def token_lines(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, Example]]:
+    """--input-format tokens: one sentence per non-blank line, tokens split on whitespace."""
+    for lineno, line in lines:
+        found = list(re.finditer(r"\S+", line))
+        if found:
+            ex = Example([m.group() for m in found], text=line, offsets=[m.span() for m in found], source=f"{path}:{lineno}")
+            yield lineno, ex
+
+
+def column_sentences(model, path: Path, kind: str, encoding: str) -> Iterator[tuple[int, Example]]:
+    """--input-format conll|conllu: the sentences of a column file, each with its rows.
+
+    The token column is the model's own when it was trained on this format, else the
+    format's default (conll: 0, conllu: form)."""
+    options = {"encoding": encoding, "label_column": None, "keep_rows": True}
+    data = model.config.data
+    if data.format == kind and data.token_column is not None:
+        options["token_column"] = data.token_column
+    for ex in read_examples(path, kind, **options):
+        yield int(ex.source.rsplit(":", 1)[1]), ex
+
+
+def label_field(model) -> int:
+    """The CoNLL-U field --format conllu writes the prediction into."""
+    data = model.config.data
+    if data.format != "conllu" or data.label_column is None:
+        return CONLLU_FIELDS.index("upos")
+    col = data.label_column
+    return int(col) if str(col).lstrip("-").isdigit() else CONLLU_FIELDS.index(str(col).lower())
+
+
+def format_rows(ex: Example, tags: list[str], fmt: str, field: int) -> str:
+    """A column input's sentence written back with its predicted tags (see the module docstring)."""
+    out = []
+    for _, line, k in ex.rows:
+        if k is None:  # a comment, multiword range or empty node: CoNLL-U keeps it
+            if fmt == "conllu":
+                out.append(line + "\n")
+        elif fmt == "conllu":
+            cols = line.split("\t")
+            cols[field] = tags[k]
+            out.append("\t".join(cols) + "\n")
+        else:
+            out.append(line + ("\t" if "\t" in line else " ") + tags[k] + "\n")
+    return "".join(out) + "\n"
+
+
+def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding="utf-8", batch_size=256,
+                         lines=None) -> int:
+    """Predict every sentence of a tokens / conll / conllu input, calling write(text, tokens)
+    per record. `lines`: the (line number, line) pairs of a tokens input (default: all of
+    `path`); a column file is always read whole."""
+    task = model.labeller
+    if kind == "tokens":
+        items = token_lines(path, lines if lines is not None else iter_lines(path, encoding, encoding_option="--encoding"))
+    else:
+        items = column_sentences(model, path, kind, encoding)
+    rows = kind in COLUMN_INPUTS and fmt in ("conll", "conllu")
+    field = label_field(model) if fmt == "conllu" else None
+    n = 0
+    for chunk in _batched(items, CHUNK_LINES):
+        preds = model.predict_examples([ex for _, ex in chunk], batch_size=batch_size)
+        for (lineno, ex), pred in zip(chunk, preds):
+            text = format_rows(ex, pred[0], fmt, field) if rows else task.format_record(task.record(ex, pred), lineno, fmt)
+            write(text, tokens=len(ex.tokens))
+            n += 1
+    return n
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ----------------------------------------------------------------------------------------
+# `tagger evaluate --predictions`
+
+
+def evaluate_to_file(model, examples: list[Example], path, batch_size=256) -> dict:
+    """The task's scores on `examples`, with each prediction written (atomically) to `path`:
+    tagging: `token gold predicted` per line (whitespace inside a token becomes _), a blank
+    line after each sentence, as conlleval reads it; classification: text, gold, predicted
+    tab-separated per line."""
+    preds = model.predict_examples(examples, batch_size=batch_size)
+    task = model.labeller
+    with atomic_file(Path(path)) as fh:
+        for ex, pred in zip(examples, preds):
+            if task.name == "tag":
+                fh.write("".join(f"{_field(t)} {g} {p}\n" for t, g, p in zip(ex.tokens, ex.labels, pred[0])) + "\n")
+            else:
+                fh.write(f"{' '.join(ex.tokens) if ex.text is None else ex.text}\t{ex.label}\t{pred[0]}\n")
+    return task.score(examples, preds)
+
+
+def _field(token: str) -> str:
+    return re.sub(r"\s", "_", token) or "_"

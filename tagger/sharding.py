@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagger.errors import TaggerError
-from tagger.fsutil import atomic_file, atomic_write_text, cleanup_stale
+from tagger.fsutil import atomic_file, atomic_write_text, cleanup_stale, file_sha256
 
 MANIFEST_DIR = ".tagger-shards"
 MANIFEST_VERSION = 1
@@ -104,7 +104,7 @@ def _slurm_shard(env: Mapping[str, str], n: int | None, spec: str) -> tuple[int,
         return task, n
     lo, hi, count = get("SLURM_ARRAY_TASK_MIN"), get("SLURM_ARRAY_TASK_MAX"), get("SLURM_ARRAY_TASK_COUNT")
     if lo is None or hi is None:
-        raise TaggerError(f"--shard auto: SLURM_ARRAY_TASK_MIN/MAX are not set; give the total as --shard auto/N")
+        raise TaggerError("--shard auto: SLURM_ARRAY_TASK_MIN/MAX are not set; give the total as --shard auto/N")
     if count is not None and count != hi - lo + 1:
         raise TaggerError(
             f"--shard auto: array {lo}-{hi} has {count} tasks, not every index (a resubmission?); "
@@ -344,14 +344,6 @@ def model_digest(model_dir) -> str:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 

@@ -34,8 +34,8 @@ from tagger.errors import TaggerError
 from tagger.card import write_card
 from tagger.checkpoint import (CHECKPOINT, Checkpoint, LoopState, call_counters, check_same_config, has_checkpoint,
                                load_checkpoint, save_checkpoint, set_call_counters)
-from tagger.fsutil import OutputLock, atomic_write_text, start_run
-from tagger.io import load_model, save_model
+from tagger.fsutil import OutputLock, atomic_write_text, cleanup_stale, start_run
+from tagger.io import load_model, read_metrics, save_model
 from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
 from tagger.plot import write_curves
@@ -247,7 +247,10 @@ class RunLog:
         acc = info["dev_accuracy"] if info["dev_accuracy"] is not None else ""
         with open(self.dir / "loss.tsv", "a", encoding="utf-8") as fh:
             fh.write(f"{s.epoch}\t{s.step}\t{s.mean_loss:.6f}\t{info['dev_score']:.6f}\t{acc}\t{s.lr:.3g}\t{info['tokens_per_s']:.0f}\n")
-        self.echo(f"epoch {s.epoch} step {s.step}: loss {s.mean_loss:.4f} dev {info['dev_score']:.4f}" + (" (best)" if s.is_best else ""))
+        self.echo(
+            f"epoch {s.epoch} step {s.step}: loss {s.mean_loss:.4f} dev {info['dev_score']:.4f}, "
+            f"{info['tokens_per_s']:,.0f} tokens/s" + (" (best)" if s.is_best else "")
+        )
         self.tokens, self.start = 0, time.perf_counter()
         self.evaluations += 1
         return info
@@ -273,6 +276,10 @@ class Checkpoints:
         save_model(self.model, self.dir / LAST)
         if not (self.dir / BEST).exists():
             save_model(self.model, self.dir / BEST)
+        # an interrupt that landed inside a save (between creating its temporary folder and
+        # the cleanup that guards it) leaves that folder: this run holds the output lock, so
+        # every temporary here is its own
+        cleanup_stale(self.dir, all_pids=True)
 
 
 class Progress:
@@ -296,7 +303,7 @@ class Progress:
 
     def echo(self, message: str) -> None:
         if self.bar is not None:
-            self.bar.write(message)
+            self.bar.write(message, file=sys.stderr)  # tqdm.write defaults to stdout
         else:
             print(message, file=sys.stderr)
 
@@ -592,9 +599,12 @@ def restore(run: Run, ckpt: Checkpoint, schedule) -> None:
 
 
 def finalize(run: Run) -> dict:
-    """Score the best model on dev and test and store the scores beside it."""
+    """Score the best model on dev and test and store the scores beside it (keeping the
+    step and epoch it was saved at)."""
     best = load_model(run.output_dir / BEST, device=run.ops)
+    saved = read_metrics(run.output_dir / BEST) or {}
     final = {"dev": best.evaluate(run.splits.dev) if run.splits.dev else None, "interrupted": run.interrupted}
+    final.update({k: saved[k] for k in ("step", "epoch") if k in saved})
     if run.splits.test:
         final["test"] = best.evaluate(run.splits.test)
     save_model(best, run.output_dir / BEST, final)

@@ -61,10 +61,13 @@ def _echo_malformed(malformed: list[str]) -> None:
 
 def format_data_report(report: dict) -> str:
     lines = [f"task: {report['task']}   vocabulary: {report['vocabulary']} words   labels: {len(report['labels'])}"]
+    if report.get("dev_source"):
+        lines.append(f"  dev: {report['dev_source']}")
     for name, e in report["splits"].items():
         lines.append(
             f"{name:>5}: {e['examples']} examples, {e['tokens']} tokens (mean length {e['mean_length']}, max {e['max_length']}), "
-            f"OOV {e['oov_rate'] * 100:.2f}%, majority baseline {e['majority_baseline'] * 100:.2f}%"
+            f"OOV {e['oov_rate'] * 100:.2f}%, majority baseline {e['majority_baseline'] * 100:.2f}% "
+            f"(train's most common label, {e['majority_label']})"
         )
         if "overlap_with_train" in e:
             lines.append(f"       {e['overlap_with_train']} examples also in train")

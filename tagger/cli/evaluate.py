@@ -16,18 +16,29 @@ def evaluate(
     model: Path = typer.Argument(..., help="model directory (or a training output folder)"),
     data: Path = typer.Argument(..., help="labelled file in the format the model was trained on"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write all metrics as JSON here"),
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", "-p",
+        help="write `token gold predicted` per line here (a blank line after each sentence), as conlleval reads it",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print all metrics as one JSON document instead of the table"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
 ):
     """Score a model on labelled data: accuracy, per-class P/R/F1, conlleval spans."""
     with user_errors():
         from tagger.data.prepare import read_split
         from tagger.io import atomic_write_text
+        from tagger.predict import evaluate_to_file
 
-        if output is not None:
-            check_output_file(output, "--output")
+        for path, option in ((output, "--output"), (predictions, "--predictions")):
+            if path is not None:
+                check_output_file(path, option)
         m = load(str(model), device)
-        scores = m.evaluate(read_split(m.config, data))
-        typer.echo(format_report(scores, m.labeller.report_lines(scores)))
+        examples = read_split(m.config, data)
+        scores = m.evaluate(examples) if predictions is None else evaluate_to_file(m, examples, predictions)
+        if as_json:
+            typer.echo(json.dumps(scores, indent=2))
+        else:
+            typer.echo(format_report(scores, m.labeller.report_lines(scores)))
         if output is not None:
             atomic_write_text(output, json.dumps(scores, indent=2) + "\n")
 

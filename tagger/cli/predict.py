@@ -13,21 +13,34 @@ from ._util import check_output_dir, load, note, positive_int, text_encoding, us
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="model directory (or a training output folder)"),
-    inputs: List[Path] = typer.Argument(..., help="text files or folders; one sentence (or text) per line"),
+    inputs: List[Path] = typer.Argument(..., help="files or folders; see --input-format"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="output folder, or - for stdout (default: stdout)"),
-    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl | conll | tsv"),
+    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl | conll | tsv | conllu (conllu: a CoNLL-U input written back)"),
+    input_format: Optional[str] = typer.Option(
+        None, "--input-format", "-i",
+        help="text (one sentence per line) | tokens (one per line, split on whitespace) | conll | conllu "
+        "(the token column of a column file); default: conll/conllu by the file's suffix, else text",
+    ),
     encoding: str = typer.Option("utf-8", help="encoding of the input files", callback=text_encoding),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     batch_size: int = typer.Option(256, help="sentences per batch", callback=positive_int),
+    shard: Optional[str] = typer.Option(
+        None, help="I/N: predict shard I of N (byte-balanced; big files split by lines); auto or auto/N in a Slurm array"
+    ),
+    overwrite: bool = typer.Option(False, help="redo outputs an earlier run completed (default: skip them and resume)"),
 ):
-    """Tag or classify raw text files; one output per input, written atomically."""
+    """Tag or classify text or already-tokenized files; one output per input, written atomically.
+
+    With a column input, --format conll writes the input's own columns plus the predicted one.
+    A rerun into the same --output skips what is complete (resume); --shard splits the work."""
     with user_errors():
         from tagger.predict import predict_files
 
         if output not in (None, "-"):
             check_output_dir(output, "--output")
         m = load(str(model), device)
-        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, batch_size=batch_size)
+        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, overwrite=overwrite,
+                             batch_size=batch_size, shard=shard, input_format=input_format)
         if output not in (None, "-"):
             for src, dst, n in done:
-                note(f"{src} -> {dst} ({n} records)")
+                note(f"{src} -> {dst} ({'already complete' if n is None else f'{n} records'})")

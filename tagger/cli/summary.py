@@ -1,6 +1,7 @@
 """`tagger summary CONFIG|MODEL`: the Keras-style layer table."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ def summary(
     corpora: Optional[Path] = typer.Option(None, help="root for ${corpora}/ paths (default: $TAGGER_CORPORA)"),
     vocab_size: Optional[int] = typer.Option(None, help="for a config: vocabulary size to assume instead of reading train (needs --labels)"),
     labels: Optional[int] = typer.Option(None, help="for a config: number of labels to assume instead of reading train (needs --vocab-size)"),
+    as_json: bool = typer.Option(False, "--json", help="print the layers and parameter counts as JSON"),
 ):
     """Print the Keras-style layer table (output shapes and parameter counts)."""
     with user_errors():
@@ -24,7 +26,7 @@ def summary(
 
         path = resolve_model_dir(target)
         if is_model_dir(path) or path.is_dir():
-            load_model(path).network.summary()
+            show(load_model(path).network, as_json)
             return
         from tagger.config import load_config
         from tagger.data.prepare import build_vocabularies, load_splits
@@ -39,4 +41,17 @@ def summary(
         if vocab_size is None:
             words, label_vocab = build_vocabularies(cfg, load_splits(cfg).train)
             vocab_size, labels = len(words), len(label_vocab)
-        build_network(cfg.model, vocab_size, labels, ops="reference", seed=cfg.training.seed).summary()
+        show(build_network(cfg.model, vocab_size, labels, ops="reference", seed=cfg.training.seed), as_json)
+
+
+def show(network, as_json: bool) -> None:
+    """The Keras-style table, or the same rows as one JSON document."""
+    if not as_json:
+        network.summary()
+        return
+    layers = [
+        {"name": layer.name, "type": type(layer).__name__, "output_shape": shape, "params": layer.count_params()}
+        for layer, shape in zip(network.layers, network.output_shapes())
+    ]
+    total, trainable = network.count_params(), network.trainable_count()
+    typer.echo(json.dumps({"layers": layers, "total_params": total, "trainable_params": trainable}))

@@ -2,7 +2,8 @@
 `debug-data` read before any network exists.
 
     load_splits(config)                 train / dev / test examples; a seeded dev split is
-                                        carved out of train when no dev file is given
+                                        carved out of train when no dev file is given;
+                                        data.scheme is checked against the training tags
     build_vocabularies(config, train)   (WordVocab, LabelVocab) from the training examples
     pretrained_matrix(config, words, train, seed)   embedding rows from pretrained vectors
     examples_from_texts(texts)          raw texts -> unlabelled examples with character offsets
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tagger.data.readers import read_examples, require_task, split_dev
+from tagger.data.schemes import scheme_problem, split_tag
 from tagger.data.types import Example
 from tagger.data.vocab import WordVocab, pretokenize
-from tagger.errors import TaggerError
+from tagger.errors import DataError, TaggerError
 from tagger.tasks import build_labels, make_task
 
 
@@ -43,6 +45,7 @@ def load_splits(config) -> Splits:
     if not config.data.train:
         raise TaggerError("data.train: no training file given; set it in the config or with --data.train PATH")
     train = read_split(config, config.data.train)
+    check_scheme(config, train)
     if config.data.dev:
         dev, source = read_split(config, config.data.dev), config.data.dev
     elif config.data.dev_fraction > 0:
@@ -52,6 +55,56 @@ def load_splits(config) -> Splits:
         dev, source = [], "none (dev_fraction 0: the best model is the one with the lowest training loss)"
     test = read_split(config, config.data.test) if config.data.test else []
     return Splits(train, dev, test, source)
+
+
+def check_scheme(config, train) -> None:
+    """Refuse a data.scheme the training tags do not follow, naming the first bad tag and
+    its FILE:LINE; warn when scheme none is given tags that look like spans.
+
+    A wrong span scheme is an error: spans, conversions and conlleval scores would all be
+    silently wrong. Span-looking tags with scheme none only warn: training as plain labels
+    is still correct (token accuracy), and some tag sets merely look like B-/I- spans.
+    """
+    if config.model.task != "tag":
+        return
+    scheme, guess = config.data.scheme, guess_scheme(train)
+    if scheme == "none":
+        if guess != "none" and any(t == "O" for ex in train for t in ex.labels):
+            print(
+                f"warning: data.scheme is none but the training tags look like {guess} spans; "
+                f"set data.scheme: {guess} to score spans (conlleval F1), or keep none to score tokens only",
+                file=sys.stderr,
+            )
+        return
+    for ex in train:
+        problem = scheme_problem(ex.labels, scheme)
+        if problem is not None:
+            i, why = problem
+            fix = "none for labels that are not spans (POS tags)" if guess == "none" else f"{guess}"
+            raise DataError(
+                f"{token_source(config, ex, i)}: tag {ex.labels[i]!r} {why}, so data.scheme {scheme} "
+                f"does not fit the training tags; set data.scheme: {fix}"
+            )
+
+
+def guess_scheme(examples) -> str:
+    """The scheme the tags look like: bioes when S-/E- occur, bio when all are O/B-/I-, else none."""
+    prefixes = {split_tag(t)[0] if split_tag(t)[1] else t for ex in examples for t in ex.labels} - {"O"}
+    if not prefixes or not prefixes <= set("BIES"):
+        return "none"
+    return "bioes" if prefixes & set("SE") else "bio"
+
+
+def token_source(config, ex, index: int) -> str:
+    """FILE:LINE of token `index` of a training example (the reader is run again, keeping
+    its rows, only when there is an error to report)."""
+    if config.data.format not in ("conll", "conllu") or not ex.source:
+        return ex.source or "data.train"
+    path = ex.source.rsplit(":", 1)[0]
+    for other in read_examples(path, config.data.format, **config.data.reader_options(), keep_rows=True):
+        if other.source == ex.source:
+            return next(f"{path}:{n}" for n, _, k in other.rows if k == index)
+    return ex.source
 
 
 def build_vocabularies(config, train):
@@ -104,8 +157,12 @@ def data_report(config) -> dict:
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
     task = make_task(config, labels)
-    report = {"task": task.name, "labels": labels.labels, "vocabulary": len(words), "splits": {}}
+    report = {"task": task.name, "labels": labels.labels, "vocabulary": len(words), "dev_source": splits.dev_source, "splits": {}}
     train_texts = {" ".join(ex.tokens) for ex in splits.train}
+    # labels as the files write them (the data scheme), so a target_scheme conversion
+    # never makes a dev tag look unseen; the baseline is always train's majority label
+    train_dist = task.label_counts(splits.train)
+    majority = train_dist.most_common(1)[0][0]
     for name, examples in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)):
         if not examples:
             continue
@@ -122,11 +179,12 @@ def data_report(config) -> dict:
             "mean_length": round(sum(lengths) / len(lengths), 2),
             "oov_rate": round(unk / max(len(tokens), 1), 4),
             "labels": dict(dist.most_common()),
-            "majority_baseline": round(dist.most_common(1)[0][1] / max(sum(dist.values()), 1), 4),
+            "majority_label": majority,
+            "majority_baseline": round(dist[majority] / max(sum(dist.values()), 1), 4),
         }
         if name != "train":
             entry["overlap_with_train"] = sum(1 for ex in examples if " ".join(ex.tokens) in train_texts)
-            unseen = sorted(set(dist) - set(labels.labels))
+            unseen = sorted(set(dist) - set(train_dist))
             if unseen:
                 entry["labels_unseen_in_train"] = unseen
         report["splits"][name] = entry

@@ -210,8 +210,12 @@ def read_conllu(
     label_column: int | str | None = "upos",
     token_column: int | str = "form",
     encoding: str = "utf-8",
+    keep_rows: bool = False,
 ) -> Iterator[Example]:
-    """Sentences of a CoNLL-U file; ``label_column=None`` reads tokens only."""
+    """Sentences of a CoNLL-U file; ``label_column=None`` reads tokens only.
+
+    ``keep_rows``: each Example also carries its block's lines (comments, ranges and
+    empty nodes included) in ``rows``."""
     tok_i = _column_index(token_column, CONLLU_FIELDS, path, "token_column")
     lab_i = None if label_column is None else _column_index(label_column, CONLLU_FIELDS, path, "label_column")
     for i in (tok_i, lab_i):
@@ -221,14 +225,21 @@ def read_conllu(
     def sentences() -> Iterator[Example]:
         tokens: list[str] = []
         labels: list[str] = []
+        rows: list | None = [] if keep_rows else None
         start = None
+
+        def example() -> Example:
+            return Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}", rows=rows)
+
         for lineno, line in iter_lines(path, encoding):
             if not line.strip():
                 if tokens:
-                    yield Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}")
-                tokens, labels, start = [], [], None
+                    yield example()
+                tokens, labels, start, rows = [], [], None, [] if keep_rows else None
                 continue
             if line.startswith("#"):
+                if keep_rows:
+                    rows.append((lineno, line, None))
                 continue
             cols = line.split("\t")
             if len(cols) != 10:
@@ -241,6 +252,8 @@ def read_conllu(
                 if "-" in tid or "." in tid:
                     a, _, b = tid.replace(".", "-").partition("-")
                     if a.isdigit() and b.isdigit():
+                        if keep_rows:
+                            rows.append((lineno, line, None))
                         continue  # multiword range n-m or empty node n.m
                 _malformed(
                     f"{path}:{lineno}: token id {tid!r} is not an integer, a range n-m or an empty node n.m "
@@ -249,11 +262,13 @@ def read_conllu(
                 continue
             if start is None:
                 start = lineno
+            if keep_rows:
+                rows.append((lineno, line, len(tokens)))
             tokens.append(cols[tok_i])
             if lab_i is not None:
                 labels.append(cols[lab_i])
         if tokens:
-            yield Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}")
+            yield example()
 
     return _nonempty(path, sentences(), "sentences")
 
@@ -269,11 +284,13 @@ def read_conll(
     token_column: int = 0,
     label_column: int | None = -1,
     encoding: str = "utf-8",
+    keep_rows: bool = False,
 ) -> Iterator[Example]:
     """Sentences of a whitespace-separated column file (CoNLL-2003 style).
 
     Every token line must have the same number of columns as the first one, and enough
-    for both indices; ``-DOCSTART-`` lines never produce sentences.
+    for both indices; ``-DOCSTART-`` lines never produce sentences.  ``keep_rows``: each
+    Example also carries its token lines in ``rows``.
     """
     token_column = int(token_column)
     label_column = None if label_column is None else int(label_column)
@@ -281,6 +298,7 @@ def read_conll(
     def sentences() -> Iterator[Example]:
         tokens: list[str] = []
         labels: list[str] = []
+        rows: list | None = [] if keep_rows else None
         start = None
         ncols_first = None
         first_line = None
@@ -288,8 +306,8 @@ def read_conll(
             cols = line.split()
             if not cols:
                 if tokens:
-                    yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}")
-                tokens, labels, start = [], [], None
+                    yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}", rows=rows)
+                tokens, labels, start, rows = [], [], None, [] if keep_rows else None
                 continue
             if cols[0] == "-DOCSTART-":
                 continue
@@ -313,11 +331,13 @@ def read_conll(
                 continue
             if start is None:
                 start = lineno
+            if keep_rows:
+                rows.append((lineno, line, len(tokens)))
             tokens.append(cols[token_column])
             if label_column is not None:
                 labels.append(cols[label_column])
         if tokens:
-            yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}")
+            yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}", rows=rows)
 
     return _nonempty(path, sentences(), "sentences")
 

@@ -145,3 +145,32 @@ def invalid_tags(tags: Sequence[str], scheme: str) -> list[str]:
         if prefix not in allowed or len(prefix) != 1 or not kind:
             bad.append(tag)
     return bad
+
+
+def scheme_problem(tags: Sequence[str], scheme: str) -> tuple[int, str] | None:
+    """The first tag of one sentence that ``scheme`` cannot have produced, as (index, why);
+    None when the sentence fits.
+
+    Every scheme: a tag must be ``O`` or ``P-TYPE`` with an allowed prefix. ``bioes`` is
+    also strict about order (a ``B-``/``I-`` chunk ends with ``E-``, a one-token chunk is
+    ``S-``), which is how BIO files read as bioes are caught: their tags are all allowed
+    prefixes. IOB1 and loose BIO (``I-`` after ``O``) are not refused for ``bio``: conlleval
+    and the conversions read them the same way.
+    """
+    if scheme == "none":
+        return None
+    allowed = PREFIXES[scheme]
+    for i, tag in enumerate(tags):
+        prefix, kind = split_tag(tag)
+        if tag != "O" and (prefix not in allowed or len(prefix) != 1 or not kind):
+            return i, f"is not O or {'/'.join(p + '-TYPE' for p in allowed)}"
+        if scheme != "bioes":
+            continue
+        nxt_prefix, nxt_kind = split_tag(tags[i + 1]) if i + 1 < len(tags) else ("O", "")
+        inside_next = nxt_prefix in ("I", "E") and nxt_kind == kind
+        if prefix in ("B", "I") and not inside_next:
+            return i, f"does not continue with I-{kind} or E-{kind}, as a bioes chunk must (one-token chunks are S-{kind})"
+        prv_prefix, prv_kind = split_tag(tags[i - 1]) if i > 0 else ("O", "")
+        if prefix in ("I", "E") and not (prv_prefix in ("B", "I") and prv_kind == kind):
+            return i, f"does not follow B-{kind} or I-{kind}, as inside a bioes chunk it must"
+    return None

@@ -1234,8 +1234,9 @@ def compile_notice():
     """True when the Numba cache for this module looks cold (first run: kernels will compile).
 
     Checks, for every kernel, that its cache index file exists (in __pycache__ next to this
-    module, or under NUMBA_CACHE_DIR). A True answer means: print "compiling kernels
-    (first run only)..." before the first batch.
+    module, or under NUMBA_CACHE_DIR). True also when only kernels a run never calls
+    (sigmoid, pooling, SGD for a tagger) are uncached, so the "compiling" notice does not
+    use it: tagger.device.announce_compile listens for Numba's real compilations instead.
     """
     for disp in _dispatchers().values():
         cache = getattr(disp, "_cache", None)

@@ -653,7 +653,10 @@ def test_ctrl_c_during_predict_leaves_no_output(tmp_path, models, monkeypatch):
     src = Ctx(tmp_path, models).text(content="The cat .\n" * 10)
     result = invoke("predict", models["tag"], src, "-o", tmp_path / "out")
     _interrupted(result, 130, "interrupted")
-    assert list((tmp_path / "out").iterdir()) == []
+    # no output and no temporary: only the shard manifest, which lists nothing as done
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".tagger-shards"]
+    for manifest in (tmp_path / "out" / ".tagger-shards").iterdir():
+        assert json.loads(manifest.read_text())["outputs"] == {}
 
 
 def test_a_second_training_into_a_busy_folder_gets_one_line(tmp_path, models, monkeypatch):

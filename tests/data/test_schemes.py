@@ -59,3 +59,17 @@ def test_round_trip_on_real_conll2003_testa(corpora):
         assert spans(convert(tags, "iob1", "bio"), "bio") == gold
         assert convert(bioes, "bioes", "iob1") == tags  # IOB1 is canonical, so tags come back identical
     assert counts == {"LOC": 1837, "MISC": 922, "ORG": 1341, "PER": 1842}  # published testa figures
+
+
+def test_scheme_problem_names_the_first_tag_a_scheme_cannot_have_produced():
+    from tagger.data.schemes import scheme_problem
+
+    assert scheme_problem(["B-PER", "I-PER", "O", "B-LOC"], "bio") is None
+    assert scheme_problem(["O", "I-PER"], "bio") is None  # loose BIO / IOB1 reads the same way
+    assert scheme_problem(["NOUN", "B-X"], "bio")[0] == 0
+    assert scheme_problem(["S-PER", "B-LOC", "I-LOC", "E-LOC"], "bioes") is None
+    assert scheme_problem(["O", "B-PER", "O"], "bioes")[0] == 1  # BIO's one-token chunk
+    assert scheme_problem(["B-PER", "I-PER"], "bioes")[0] == 1  # BIO's chunk end
+    assert scheme_problem(["O", "E-PER"], "bioes")[0] == 1
+    assert scheme_problem(["B-PER", "E-LOC"], "bioes")[0] == 0
+    assert scheme_problem(["ADJ"], "none") is None
