@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import BIN, REPO, json_lines, run_env
+from .conftest import BIN, REPO, run_env
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 SAMPLE = REPO / "configs" / "sample_pos.yaml"
@@ -29,6 +29,11 @@ def tagger_train(out, *extra, ranks=None, mpiexec=None):
     done = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def reports(out):
+    """Each rank's line (train_cases.py writes OUT.rank-R.json), in rank order."""
+    return [json.loads(p.read_text()) for p in sorted(out.parent.glob(f"{out.name}.rank-*.json"))]
 
 
 def load(out):
@@ -49,7 +54,7 @@ def test_two_ranks_hold_identical_weights_equal_to_one_rank_up_to_summation_orde
     cmd = [str(mpiexec), "-n", "2", sys.executable, str(CASES), "train", str(tmp_path / "two"),
            "--override", "training.max_steps=20", "--override", "training.eval_every=10", "--override", "model.dropout=0"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
-    ranks = sorted(json_lines(done.stdout), key=lambda r: r["rank"])
+    ranks = reports(tmp_path / "two")
     assert done.returncode == 0 and len(ranks) == 2, done.stderr
     assert [r["size"] for r in ranks] == [2, 2], "MPI started singletons, not one world"
     assert ranks[0]["weights"] == ranks[1]["weights"]  # bitwise, every rank
@@ -66,7 +71,7 @@ def test_a_rank_whose_weights_drift_stops_every_rank_with_one_message(mpiexec, t
     cmd = [str(mpiexec), "-n", "2", sys.executable, str(CASES), "drift", str(tmp_path / "d"),
            "--override", "training.max_steps=6"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
-    errors = {r["rank"]: r["error"] for r in json_lines(done.stdout)}
+    errors = {r["rank"]: r["error"] for r in reports(tmp_path / "d")}
     assert sorted(errors) == [0, 1], done.stdout + done.stderr
     assert all(e.startswith("weights differ across ranks: rank(s) 1 differ from rank 0") for e in errors.values())
     assert not (tmp_path / "d" / "model-last").exists()  # stopped at step 1, before any write

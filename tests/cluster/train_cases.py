@@ -3,9 +3,11 @@
     mpiexec -n 2 python train_cases.py CASE OUT [--override KEY=VALUE ...]
 
 train    the job as `tagger train` runs it (setup -> execute -> finalize) on every rank;
-         each rank prints {"rank", "size", "weights"} (sha256 of its final weights)
+         each rank writes {"rank", "size", "weights"} (sha256 of its final weights)
 drift    as train, but rank 1 nudges one weight after its first step: check_weights
-         must stop every rank with the one-line error, printed as {"rank", "error"}
+         must stop every rank with the one-line error, written as {"rank", "error"}
+
+Each rank writes its line to OUT.rank-R.json (two ranks printing to one pipe can interleave).
 """
 from __future__ import annotations
 
@@ -46,11 +48,15 @@ def main() -> None:
         lock.acquire()
     try:
         training._train(cfg, args.out, "cpu", False, False, w)
-        print(json.dumps({"rank": w.rank, "size": w.comm.Get_size() if w.comm else 1, "weights": HELD[0]}), flush=True)
+        report(args.out, w, {"size": w.comm.Get_size() if w.comm else 1, "weights": HELD[0]})
     except TaggerError as err:
-        print(json.dumps({"rank": w.rank, "error": str(err)}), flush=True)
+        report(args.out, w, {"error": str(err)})
     finally:
         lock.release()
+
+
+def report(out: Path, w, fields: dict) -> None:
+    out.with_name(f"{out.name}.rank-{w.rank}.json").write_text(json.dumps({"rank": w.rank, **fields}) + "\n")
 
 
 # rank 0 alone writes the models, so every rank reports the weights it holds in memory at the end
