@@ -176,6 +176,9 @@ class TrainingConfig(Section):
     min_lr: float = Field(1.0e-5, ge=0.0, allow_inf_nan=False, description="plateau: lower bound of lr")
     seed: int = Field(0, ge=0, description="seed for initialisation, shuffling and the dev split")
     eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or each epoch")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="also write OUT/checkpoint/ (for --resume) every N steps (null = only at evaluations)"
+    )
     unk_replace: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="replace words seen once in train by their [UNK] class with this probability, so the unknown-word rows are learned (Lample et al. 2016 use 0.5)",

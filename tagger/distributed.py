@@ -172,6 +172,15 @@ def global_sum(w: World, value: float | int):
     return w.comm.allreduce(value)
 
 
+def global_max(w: World, value: int | float):
+    """The largest value over ranks (e.g. a stop signal any rank received)."""
+    if w.comm is None:
+        return value
+    from mpi4py import MPI
+
+    return w.comm.allreduce(value, op=MPI.MAX)
+
+
 # --------------------------------------------------------------------------- gradients
 def _is_sparse(layer, k: int) -> bool:
     # decided by the layer type, never by this batch's grad_rows, so that every rank

@@ -245,10 +245,11 @@ class OutputLock:
         self.release()
 
 
-def start_run(folder: str | os.PathLike, outputs: Iterable[str]) -> Path | None:
+def start_run(folder: str | os.PathLike, outputs: Iterable[str], resume: bool = False) -> Path | None:
     """Call under :class:`OutputLock`: remove every temporary in `folder` (no other writer
     is alive), finish a killed swap, and move the previous run's `outputs` (model folders,
-    logs) into ``folder/previous/`` (replacing an older one). Returns that folder, if used."""
+    logs) into ``folder/previous/`` (replacing an older one). Returns that folder, if used.
+    With `resume` the previous run's outputs stay: the run goes on with them."""
     folder = Path(folder)
     cleanup_stale(folder, all_pids=True)
     present = []
@@ -258,7 +259,7 @@ def start_run(folder: str | os.PathLike, outputs: Iterable[str]) -> Path | None:
         recover_dir(folder / name)
         if (folder / name).exists():
             present.append(name)
-    if not present:
+    if not present or resume:
         return None
     prev = folder / PREVIOUS
     tmp = new_temp_dir(prev)

@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
+from tagger.distributed import DataParallel, World, check_weights, global_max, root_only, world
 from tagger.errors import TaggerError
 from tagger.card import write_card
-from tagger.fsutil import OutputLock, cleanup_stale, start_run
+from tagger.checkpoint import (CHECKPOINT, Checkpoint, LoopState, call_counters, check_same_config, has_checkpoint,
+                               load_checkpoint, save_checkpoint, set_call_counters)
+from tagger.fsutil import OutputLock, atomic_write_text, cleanup_stale, start_run
 from tagger.io import load_model, read_metrics, save_model
 from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
@@ -73,17 +78,26 @@ def replace_singletons(batch, replacements, p, rng):
     return replace(batch, ids=np.where(hit, target, batch.ids).astype(batch.ids.dtype))
 
 
-def epoch_batches(model, examples, tcfg) -> Iterator[tuple[int, object]]:
-    """(epoch, batch) for epochs 1..tcfg.epochs: shuffled with seed + epoch, and with
-    training.unk_replace > 0 singletons replaced (a generator per epoch seeded [seed, epoch])."""
+def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0) -> Iterator[tuple[int, object]]:
+    """(epoch, batch) for epochs start_epoch..tcfg.epochs: shuffled with seed + epoch, and with
+    training.unk_replace > 0 singletons replaced (a generator per epoch seeded [seed, epoch]).
+
+    A resumed run starts at `start_epoch` after its first `skip` batches; the replacement
+    generator is replayed over the skipped ones (one draw per batch, as in the first run),
+    so the batches that follow are the ones the uninterrupted run saw."""
     singletons = singleton_replacements(model, examples) if tcfg.unk_replace > 0 else None
-    for epoch in range(1, tcfg.epochs + 1):
+    for epoch in range(start_epoch, tcfg.epochs + 1):
         batches = model.batches(examples, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch)
         unk_rng = np.random.default_rng([tcfg.seed, epoch])
-        for batch in batches:
+        for k, batch in enumerate(batches):
+            skipped = epoch == start_epoch and k < skip
             if singletons is not None:
-                batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
-            yield epoch, batch
+                if skipped:
+                    unk_rng.random(batch.ids.shape)  # the draw replace_singletons made for it
+                else:
+                    batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
+            if not skipped:
+                yield epoch, batch
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,6 +157,7 @@ def train_loop(
     eval_every: int | str = "epoch",
     clip_norm: float | None = None,
     schedule: ReduceOnPlateau | None = None,
+    state: LoopState | None = None,
 ) -> Iterator[Step]:
     """Update `model` on each (epoch, batch) of `batches`, yielding a Step after every update.
 
@@ -150,26 +165,32 @@ def train_loop(
     updates, and always at the last update. `evaluate()` returns a dict with a
     "score" (higher is better); with evaluate None the score is minus the mean training
     loss since the previous evaluation. `schedule.observe(score)` follows each evaluation.
+    `state` (a tagger.checkpoint.LoopState) holds the step, the data position, patience and
+    the loss window; the loop advances it, so a checkpoint taken after any yield resumes
+    exactly (hand the loop the restored state and the batches after its position).
     """
+    state = LoopState() if state is None else state
     patience = Patience(stop.patience)
-    window: list[float] = []
-    step = 0
+    patience.best, patience.bad = state.best, state.bad
     for epoch, batch, end_of_epoch, end in _with_ends(batches, stop.epochs):
         loss = model.train_step(batch)
         if not math.isfinite(loss):
-            raise TaggerError(f"training diverged at step {step + 1} (loss {loss}); lower training.lr or set training.clip_norm")
+            raise TaggerError(f"training diverged at step {state.step + 1} (loss {loss}); lower training.lr or set training.clip_norm")
         if clip_norm:
             clip_by_global_norm(model.network, clip_norm)
         optimizer.step(model.network)
-        step += 1
-        window.append(loss)
+        state.in_epoch = state.in_epoch + 1 if epoch == state.epoch else 1
+        state.step, state.epoch = state.step + 1, epoch
+        state.window.append(loss)
+        step = state.step
         last = end or (stop.max_steps is not None and step >= stop.max_steps)
         info = Step(step, epoch, loss, batch.n_tokens, optimizer.lr, last)
         due = end_of_epoch if eval_every == "epoch" else step % int(eval_every) == 0
         if due or last:
-            info.mean_loss, window = float(np.mean(window)), []
+            info.mean_loss, state.window = float(np.mean(state.window)), []
             info.scores = evaluate() if evaluate is not None else {"score": -info.mean_loss}
             info.is_best = patience.observe(info.scores["score"])
+            state.best, state.bad = patience.best, patience.bad
             if schedule is not None:
                 schedule.observe(info.scores["score"])
             info.lr = optimizer.lr
@@ -188,11 +209,27 @@ class RunLog:
 
     HEADER = "epoch\tstep\tloss\tdev_score\tdev_accuracy\tlr\ttokens_per_s\n"
 
-    def __init__(self, output_dir: Path, echo: Callable[[str], None]):
+    def __init__(self, output_dir: Path, echo: Callable[[str], None], resumed: dict | None = None):
+        """resumed: the counters a checkpoint saved (`counters()`); the logs keep the lines
+        of its evaluations and drop any a killed run wrote after it."""
         self.dir, self.echo = output_dir, echo
-        (output_dir / "loss.tsv").write_text(self.HEADER, encoding="utf-8")
-        (output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
-        self.tokens, self.start = 0, time.perf_counter()
+        self.evaluations, self.tokens = 0, 0
+        if resumed:
+            self.evaluations, self.tokens = resumed["evaluations"], resumed["tokens"]
+            self._keep_lines("metrics.jsonl", self.evaluations, "")
+            self._keep_lines("loss.tsv", self.evaluations + 1, self.HEADER)
+        else:
+            (output_dir / "loss.tsv").write_text(self.HEADER, encoding="utf-8")
+            (output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        self.start = time.perf_counter()
+
+    def _keep_lines(self, name: str, n: int, empty: str) -> None:
+        path = self.dir / name
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+        atomic_write_text(path, "".join(lines[:n]) or empty)
+
+    def counters(self) -> dict:
+        return {"evaluations": self.evaluations, "tokens": self.tokens}
 
     def __call__(self, s: Step) -> dict | None:
         """The evaluation record of an evaluation step (None for the others)."""
@@ -215,6 +252,7 @@ class RunLog:
             f"{info['tokens_per_s']:,.0f} tokens/s" + (" (best)" if s.is_best else "")
         )
         self.tokens, self.start = 0, time.perf_counter()
+        self.evaluations += 1
         return info
 
 
@@ -247,13 +285,14 @@ class Checkpoints:
 class Progress:
     """A tqdm bar over the updates; none when disabled or stderr is not a terminal."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, initial: int = 0):
         self.bar = None
         if enabled:
             from tqdm import tqdm  # only where a bar may be drawn
 
             # disable=None: no bar when stderr is not a terminal (batch jobs, CI logs); epoch lines still print
-            self.bar = tqdm(total=total, unit="batch", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, disable=None)
+            self.bar = tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
+                            disable=None)
         self.tokens, self.start = 0, time.perf_counter()
 
     def __call__(self, s: Step) -> None:
@@ -274,6 +313,64 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------------------
+# Ctrl-C / SIGTERM: acted on between two steps
+
+
+class StopRequests:
+    """While training, SIGINT and SIGTERM are remembered, not raised: the run stops after the
+    current step (the state is whole there, so a checkpoint of it resumes exactly). A second
+    signal stops at once. `requested(world)` is the signal any rank got (every rank agrees,
+    so all stop after the same step); `stop()` re-raises it through the handler it replaced
+    (the CLI's: exit 130 / 143)."""
+
+    def __init__(self, echo: bool = True):
+        self.signum = 0
+        self.previous: dict = {}
+        self.echo = echo  # under MPI rank 0 alone says so
+
+    def __enter__(self) -> "StopRequests":
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._note)
+        except ValueError:  # not the main thread: signals stay as they were
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _note(self, signum, frame):
+        if self.signum:
+            self.stop(signum)
+        self.signum = signum
+        if self.echo:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop now)", file=sys.stderr)
+
+    def requested(self, w) -> int:
+        return int(global_max(w, self.signum))
+
+    def stop(self, signum: int):
+        handler = self.previous.get(signum)
+        self.__exit__()
+        if callable(handler):
+            handler(signum, None)  # the CLI's handler raises (and records the signal)
+        raise KeyboardInterrupt
+
+
+def resume_command(w) -> str:
+    """The command that continues this run: the same arguments with --resume (and the launcher)."""
+    args = list(sys.argv[1:])
+    if "--resume" not in args:
+        args.append("--resume")
+    launcher = []
+    if w.size > 1:
+        launcher = ["srun", "--mpi=pmi2", "-n", str(w.size)] if os.environ.get("SLURM_STEP_ID") else ["mpiexec", "-n", str(w.size)]
+    return shlex.join([*launcher, "tagger", *args])
+
+
+# ----------------------------------------------------------------------------------------
 # the `tagger train` job: setup -> run -> finalize
 
 
@@ -286,81 +383,219 @@ class Run:
     ops: object
     optimizer: object = None
     interrupted: bool = False
+    world: World = field(default_factory=World)
+    resumed: Checkpoint | None = None
 
 
-def train(config, output_dir, device="cpu", progress=True) -> dict:
-    """`_train` (below) as the only writer of `output_dir` (a second run there is refused)."""
-    with OutputLock(output_dir):
-        return _train(config, Path(output_dir), device, progress)
+def train(config, output_dir, device="cpu", progress=True, resume=False) -> dict:
+    """`_train` (below) as the only writer of `output_dir` (a second run there is refused).
+    Under mpiexec / srun every rank calls this; rank 0 alone holds the lock and writes."""
+    w = world()
+    lock = OutputLock(output_dir)
+    root_only(w, lambda: lock.acquire() and None)
+    try:
+        return _train(config, Path(output_dir), device, progress, resume, w)
+    finally:
+        lock.release()
 
 
-def _train(config, output_dir, device="cpu", progress=True) -> dict:
+def _train(config, output_dir, device="cpu", progress=True, resume=False, w=None) -> dict:
     """Train from a resolved config into `output_dir`:
 
         output_dir/model-best/   the best model on dev (a complete model directory)
         output_dir/model-last/   the latest model (also written on Ctrl-C)
+        output_dir/checkpoint/   everything --resume needs (tagger.checkpoint)
         output_dir/metrics.jsonl one JSON object per evaluation
         output_dir/loss.tsv      epoch, step, loss, dev score, lr, tokens/s per evaluation
 
     Returns the final metrics (dev and test scores of the best model).
     """
-    run = setup(config, output_dir, device)
+    w = w or World()
+    ckpt = open_output(config, output_dir, resume, w)
+    run = setup(config, output_dir, device, w)
+    run.resumed = ckpt
     execute(run, progress)
-    return finalize(run)
+    return root_only(w, finalize, run)
 
 
-def setup(config, output_dir, device="cpu") -> Run:
-    """Read the data, build vocabularies and the model on the chosen device."""
+def open_output(config, output_dir, resume, w) -> Checkpoint | None:
+    """Rank 0 cleans the folder (a fresh run moves the previous one to previous/ first, so
+    fresh logs never sit beside an old model-best; a resumed one keeps it); then every rank
+    reads the checkpoint to resume from, refused unless the config is the same."""
+    root_only(w, start_run, output_dir, (BEST, LAST, CHECKPOINT, "loss.tsv", "metrics.jsonl", "curves.png"), resume)
+    w.barrier()
+    if not resume:
+        return None
+    ckpt = load_checkpoint(output_dir)
+    check_same_config(ckpt.config, config.to_dict(), output_dir)
+    tcfg = config.training
+    if ckpt.finished and ckpt.config["training"]["epochs"] == tcfg.epochs and ckpt.config["training"]["max_steps"] == tcfg.max_steps:
+        raise TaggerError(
+            f"--resume: the run in {output_dir} finished at step {ckpt.loop.step}; "
+            "raise training.epochs or training.max_steps to train on"
+        )
+    return ckpt
+
+
+def setup(config, output_dir, device="cpu", w=None) -> Run:
+    """Read the data, build vocabularies and the model on the chosen device (every rank the same)."""
+    w = w or World()
     output_dir = Path(output_dir)  # created by the OutputLock that train() holds
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
-    ops = resolve_device(device, announce=True)
-    announce_compile(ops)
+    ops = resolve_device(device, announce=w.is_root)
+    if w.is_root:
+        announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
     check_network_fits(config.model, len(words), len(labels))
     network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
     model = Model(config, words, labels, network)
-    print(
-        f"train: {len(splits.train)} examples, dev: {len(splits.dev)} ({splits.dev_source or config.data.dev}), "
-        f"vocabulary: {len(words)} words, labels: {len(labels)}",
-        file=sys.stderr,
-    )
-    return Run(config, output_dir, splits, model, ops)
+    if w.is_root:
+        print(
+            f"train: {len(splits.train)} examples, dev: {len(splits.dev)} ({splits.dev_source or config.data.dev}), "
+            f"vocabulary: {len(words)} words, labels: {len(labels)}" + (f", {w.size} MPI ranks" if w.size > 1 else ""),
+            file=sys.stderr,
+        )
+    return Run(config, output_dir, splits, model, ops, world=w)
+
+
+class Job:
+    """One run's parts: the optimizer and schedule, the loop, and on rank 0 its consumers
+    (bar, logs, models, checkpoints). `consume(step)` is called on every rank after every step."""
+
+    def __init__(self, run: Run, progress: bool):
+        tcfg, model, w = run.config.training, run.model, run.world
+        self.run, self.w, self.tcfg = run, w, tcfg
+        run.optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
+        self.schedule = (
+            ReduceOnPlateau(run.optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
+        )
+        self.state = LoopState()
+        ckpt = run.resumed
+        if ckpt is not None:
+            restore(run, ckpt, self.schedule)
+            self.state = ckpt.loop
+        n_batches = len(model.batches(run.splits.train, tcfg.batch_size, tcfg.batch_unit, with_labels=False))
+        total = tcfg.epochs * n_batches if tcfg.max_steps is None else min(tcfg.max_steps, tcfg.epochs * n_batches)
+        self.bar = Progress(total, progress and w.is_root, initial=self.state.step)
+        self.log = self.models = None
+        if w.is_root:
+            self.log = RunLog(run.output_dir, self.bar.echo, ckpt.log if ckpt else None)
+            self.models = Checkpoints(model, run.output_dir)
+            self.models.best_saved = bool(ckpt and ckpt.log.get("best_saved"))
+        dev = run.splits.dev
+        evaluate = (lambda: root_only(w, model.evaluate, dev)) if dev else None  # one score, on every rank
+        self.steps = train_loop(
+            DataParallel(model, w), epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch), evaluate,
+            run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm,
+            schedule=self.schedule, state=self.state,
+        )
+
+    def consume(self, s: Step) -> None:
+        if self.w.is_root:
+            self.bar(s)
+            if not s.evaluated:
+                self.log(s)  # counts the tokens; it writes only on evaluation steps (in _write)
+        every = self.tcfg.checkpoint_every
+        if self.w.size > 1 and (s.evaluated or s.step == 1):  # a drifted rank stops the run before it writes
+            check_weights(self.w, [p for _, p in self.run.model.network.named_weights()])
+        if s.evaluated or (every and s.step % every == 0):
+            ckpt = snapshot(self.run, self.state, self.schedule, finished=s.last)
+            root_only(self.w, self._write, s, ckpt)
+
+    def _write(self, s: Step, ckpt: Checkpoint) -> None:
+        if s.evaluated:
+            self.log(s)
+            self.models(s)
+        ckpt.log = {**self.log.counters(), "best_saved": self.models.best_saved}
+        save_checkpoint(ckpt, self.run.output_dir)
+
+    def save_interrupted(self, whole: bool) -> None:
+        """On Ctrl-C / SIGTERM: model-last (and model-best if none), and when the state is whole
+        (every rank stopped after the same step) a checkpoint of it. A second signal lands
+        inside a step: only rank 0 saves then, with no collective call."""
+        ckpt = snapshot(self.run, self.state, self.schedule) if whole else None
+
+        def write():
+            self.models.interrupted()
+            if ckpt is not None:
+                ckpt.log = {**self.log.counters(), "best_saved": self.models.best_saved}
+                save_checkpoint(ckpt, self.run.output_dir)
+
+        if whole:
+            root_only(self.w, write)
+        elif self.w.is_root:
+            write()
 
 
 def execute(run: Run, progress=True) -> None:
     """The loop with its parts from the config, consumed by logs, checkpoints and the bar.
-    Ctrl-C stops it and saves the current weights as model-last (and model-best if none)."""
-    tcfg, model, dev = run.config.training, run.model, run.splits.dev
-    run.optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
-    schedule = (
-        ReduceOnPlateau(run.optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
+    Ctrl-C / SIGTERM stops it after the current step, saves model-last (model-best if none) and
+    a checkpoint, says how to resume, and re-raises (the CLI exits 130 / 143)."""
+    job = Job(run, progress)
+    with StopRequests(echo=run.world.is_root) as stops:
+        try:
+            for s in job.steps:
+                job.consume(s)
+                signum = stops.requested(run.world)
+                if signum:
+                    run.interrupted = True
+                    job.save_interrupted(whole=True)
+                    _say_resume(run, job.state.step)
+                    stops.stop(signum)
+        except KeyboardInterrupt:
+            if not run.interrupted:  # raised inside a step: the weights may be half updated
+                run.interrupted = True
+                job.save_interrupted(whole=False)
+                _say_resume(run, job.state.step)
+            raise  # the run stops here: the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
+        finally:
+            job.bar.close()
+    if run.world.is_root and not job.models.best_saved:
+        save_model(run.model, run.output_dir / BEST)
+
+
+def _say_resume(run: Run, step: int) -> None:
+    if not run.world.is_root:
+        return
+    ckpt = run.output_dir / CHECKPOINT
+    where = f"checkpoint at step {step} in {ckpt}" if has_checkpoint(run.output_dir) else "no checkpoint yet"
+    print(
+        f"\ninterrupted: the current model is saved in {run.output_dir / LAST}, {where}; "
+        f"resume with: {resume_command(run.world)}",
+        file=sys.stderr,
     )
-    n_batches = len(model.batches(run.splits.train, tcfg.batch_size, tcfg.batch_unit, with_labels=False))
-    total = tcfg.epochs * n_batches if tcfg.max_steps is None else min(tcfg.max_steps, tcfg.epochs * n_batches)
-    bar = Progress(total, progress)
-    # a restarted run moves the previous run's models and logs to previous/ first, so fresh
-    # logs never sit beside an old model-best
-    start_run(run.output_dir, (BEST, LAST, "loss.tsv", "metrics.jsonl", "curves.png"))
-    log, checkpoints = RunLog(run.output_dir, bar.echo), Checkpoints(model, run.output_dir)
-    steps = train_loop(
-        model, epoch_batches(model, run.splits.train, tcfg), (lambda: model.evaluate(dev)) if dev else None,
-        run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm, schedule=schedule,
+
+
+def snapshot(run: Run, state: LoopState, schedule, finished: bool = False) -> Checkpoint:
+    """The whole training state now (every rank calls it: the dropout counters are gathered);
+    rank 0 adds its loggers' counters before writing it."""
+    network = run.model.network
+    calls = run.world.allgather(call_counters(network))
+    sched = None if schedule is None else {"best": schedule.patience.best, "bad": schedule.patience.bad}
+    loop = replace(state, window=list(state.window))
+    return Checkpoint(
+        run.config.to_dict(), loop, dict(network.named_weights()), run.optimizer.get_state(), sched, calls,
+        {}, run.world.size, finished,
     )
-    try:
-        for s in steps:
-            bar(s)
-            log(s)
-            checkpoints(s)
-    except KeyboardInterrupt:
-        run.interrupted = True
-        checkpoints.interrupted()
-        print(f"\ninterrupted: the current model is saved in {run.output_dir / LAST}", file=sys.stderr)
-        raise  # the run stops here: the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
-    finally:
-        bar.close()
-    if not checkpoints.best_saved and not run.interrupted:
-        save_model(model, run.output_dir / BEST)
+
+
+def restore(run: Run, ckpt: Checkpoint, schedule) -> None:
+    """Put a checkpoint's weights, optimizer, schedule and dropout counters into the run."""
+    network = run.model.network
+    for leaf in network.leaves():
+        names = [f"{leaf.name}/{p}" for p in leaf.param_names]
+        missing = [n for n in names if n not in ckpt.weights]
+        if missing:
+            raise TaggerError(f"--resume: the checkpoint has no {missing[0]}; it is from another model")
+        leaf.set_weights([ckpt.weights[n] for n in names])
+    run.optimizer.set_state(ckpt.optimizer)
+    if schedule is not None and ckpt.schedule is not None:
+        schedule.patience.best, schedule.patience.bad = ckpt.schedule["best"], ckpt.schedule["bad"]
+    rank = run.world.rank
+    set_call_counters(network, ckpt.calls[rank] if rank < len(ckpt.calls) else ckpt.calls[0])
+    if run.world.is_root:
+        print(f"resuming from {run.output_dir / CHECKPOINT}: step {ckpt.loop.step}, epoch {ckpt.loop.epoch}", file=sys.stderr)
 
 
 def finalize(run: Run) -> dict:

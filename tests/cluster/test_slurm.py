@@ -149,3 +149,65 @@ def test_distributed_cases_under_srun_pmi2(slurm, tmp_path):
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert out.returncode == 0 and len(results) == 7, f"{out.stdout}\n{out.stderr}"
     assert all(r["ok"] and r["size"] == 2 for r in results), results
+
+
+def test_real_training_under_srun_pmi2_is_byte_for_byte_the_mpiexec_run(slurm, mpiexec, tmp_path):
+    """`srun --mpi=pmi2 -n 2 tagger train` (what train-mpi.sbatch runs) against `mpiexec -n 2`:
+    the same world size and arithmetic, so the same model bytes."""
+    args = ["train", str(REPO / "configs" / "sample_pos.yaml"), "--no-progress", "--training.max_steps", "12",
+            "--training.eval_every", "6"]
+    tagger = str(Path(sys.executable).parent / "tagger")
+    runs = {
+        "srun": ["srun", "--mpi=pmi2", "-n", "2", "--mem-per-cpu=400M", tagger, *args, "-o", str(tmp_path / "srun")],
+        "mpiexec": [str(mpiexec), "-n", "2", tagger, *args, "-o", str(tmp_path / "mpiexec")],
+    }
+    for name, cmd in runs.items():
+        out = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, f"{name}: {out.stderr}"
+        assert "2 MPI ranks" in out.stderr, f"{name} did not start one 2-rank world: {out.stderr}"
+        assert len([line for line in out.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 alone reports
+    for name in ("model-best", "model-last"):
+        assert (tmp_path / "srun" / name / "weights.safetensors").read_bytes() == \
+            (tmp_path / "mpiexec" / name / "weights.safetensors").read_bytes(), name
+    assert (tmp_path / "srun" / "checkpoint" / "arrays.safetensors").read_bytes() == \
+        (tmp_path / "mpiexec" / "checkpoint" / "arrays.safetensors").read_bytes()
+
+
+def test_train_mpi_sbatch_with_the_real_tagger_checkpoints_on_the_time_limit_and_resumes_bitwise(slurm, mpiexec, tmp_path):
+    """The time-limit path for real: USR1 to the script -> SIGTERM to both ranks -> checkpoint
+    after the same step, exit 143 -> requeue; a resubmission resumes and ends with the bytes
+    of an uninterrupted 2-rank run."""
+    overrides = ["--training.max_steps", "300", "--training.epochs", "100", "--training.eval_every", "50",
+                 "--training.patience", "null"]
+    cfg, tagger = REPO / "configs" / "sample_pos.yaml", str(Path(sys.executable).parent / "tagger")
+    ref = subprocess.run([str(mpiexec), "-n", "2", tagger, "train", str(cfg), "-o", str(tmp_path / "ref"), "--no-progress",
+                          *overrides], capture_output=True, text=True, env=run_env(), timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run"
+    args = ["--config", cfg, "--output", out, "--tagger", tagger, "--", "--no-progress", *overrides]
+    state = out / "checkpoint" / "state.json"
+
+    def step():
+        try:
+            return json.loads(state.read_text())["step"]
+        except (OSError, ValueError):
+            return 0
+
+    job = slurm.submit(TRAIN, *args, sbatch=TWO_RANKS, cwd=tmp_path)
+    try:
+        wait_for(lambda: step() >= 50, 120, "the first checkpoint")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+        wait_for(lambda: "PENDING" in " ".join(slurm.queued(job)), 60, "the requeue")
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+    slurm.wait(job)
+    log = (tmp_path / f"slurm-tagger-train-{job}.out").read_text()
+    stopped = step()
+    assert "then requeue" in log and "resume with: srun --mpi=pmi2 -n 2 tagger train" in log, log
+    assert 50 <= stopped < 300, log
+    again = slurm.submit(TRAIN, *args, sbatch=TWO_RANKS, cwd=tmp_path)
+    slurm.wait(again, timeout=240)
+    log = (tmp_path / f"slurm-tagger-train-{again}.out").read_text()
+    assert f"resuming from {out / 'checkpoint'}: step {stopped}" in log and "training finished" in log, log
+    for name in ("model-best", "model-last"):
+        assert (out / name / "weights.safetensors").read_bytes() == (tmp_path / "ref" / name / "weights.safetensors").read_bytes()

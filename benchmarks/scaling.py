@@ -1,0 +1,72 @@
+"""Data-parallel scaling of `tagger train` on UD English-EWT UPOS: 1 and 2 MPI ranks.
+
+Each rank runs one thread (OPENBLAS/NUMBA_NUM_THREADS=1); the global batch is the config's
+(32 sentences: each of N ranks takes 32/N), so every configuration makes the same updates
+and the dev accuracy after S steps should agree up to float32 summation order and the
+dropout masks (drawn per rank). Prints a table: ranks, steps, training tokens/s (global
+batch tokens / wall time since the start of training, the one dev evaluation included), speed-up, dev accuracy.
+
+    python benchmarks/scaling.py --steps 200                 # 1 and 2 ranks
+    python benchmarks/scaling.py --ranks 1 2 4 --steps 500 --corpora /work/shared/corpora
+
+A figure, not a test: the numbers depend on the machine and what else runs on it (the
+load average before and after is printed beside them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=200, help="updates per run (one dev evaluation at the end)")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "ud_ewt_upos.yaml")
+    p.add_argument("--corpora", default=os.environ.get("TAGGER_CORPORA", str(REPO.parent / "shared" / "corpora")))
+    return p.parse_args(argv)
+
+
+def run(ranks: int, args, out: Path) -> dict:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    cmd = [str(BIN / "tagger"), "train", str(args.config), "--corpora", args.corpora, "-o", str(out), "--no-progress",
+           "--training.max_steps", str(args.steps), "--training.eval_every", str(args.steps)]
+    if ranks > 1:
+        cmd = [str(BIN / "mpiexec"), "-n", str(ranks), *cmd]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{ranks} ranks failed:\n{done.stderr[-2000:]}")
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"ranks": ranks, "steps": record["step"], "tokens_per_s": record["tokens_per_s"],
+            "dev_accuracy": record["dev_accuracy"], "wall_s": time.perf_counter() - start}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.ranks:
+            rows.append(run(n, args, Path(tmp) / f"r{n}"))
+    load_after = os.getloadavg()
+    base = rows[0]["tokens_per_s"]
+    print(f"UD English-EWT UPOS, {args.steps} steps of a 32-sentence global batch, 1 thread per rank, "
+          f"{os.cpu_count()} cores; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"{'ranks':>5} {'steps':>6} {'train tok/s':>12} {'speed-up':>9} {'dev acc':>8} {'wall s':>7}")
+    for r in rows:
+        print(f"{r['ranks']:>5} {r['steps']:>6} {r['tokens_per_s']:>12,.0f} {r['tokens_per_s'] / base:>9.2f} "
+              f"{r['dev_accuracy']:>8.4f} {r['wall_s']:>7.1f}")
+
+
+if __name__ == "__main__":
+    main()
