@@ -204,7 +204,51 @@ def _column_index(column: int | str, names: tuple[str, ...] | list[str], path: P
         raise DataError(f"{path}: {option} {column!r} is not one of {', '.join(names)}") from None
 
 
+# --------------------------------------------------------------------------- column files
+class _Block:
+    """The sentence a column reader is collecting: tokens, labels, the first token's line
+    and, with keep_rows, every (lineno, line, token index or None) of the block."""
+
+    def __init__(self, path, has_labels: bool, keep_rows: bool):
+        self.path, self.has_labels, self.keep_rows = path, has_labels, keep_rows
+        self.tokens: list[str] = []
+        self.labels: list[str] = []
+        self.rows: list | None = [] if keep_rows else None
+        self.start = None
+
+    def other(self, lineno: int, line: str) -> None:
+        """A line of the block that is not a token (a comment, a range, an empty node)."""
+        if self.keep_rows:
+            self.rows.append((lineno, line, None))
+
+    def token(self, lineno: int, line: str, token: str, label: str | None) -> None:
+        if self.start is None:
+            self.start = lineno
+        if self.keep_rows:
+            self.rows.append((lineno, line, len(self.tokens)))
+        self.tokens.append(token)
+        if self.has_labels:
+            self.labels.append(label)
+
+    def example(self) -> Example:
+        return Example(self.tokens, self.labels if self.has_labels else None, source=f"{self.path}:{self.start}",
+                       rows=self.rows)
+
+
 # --------------------------------------------------------------------------- CoNLL-U
+def _conllu_id(path, lineno: int, tid: str) -> bool | None:
+    """True for a word line, False for a multiword range n-m or empty node n.m; None (after
+    reporting it) for anything else."""
+    if tid.isdigit():
+        return True
+    a, _, b = tid.replace(".", "-").partition("-")
+    if ("-" in tid or "." in tid) and a.isdigit() and b.isdigit():
+        return False
+    _malformed(f"{path}:{lineno}: token id {tid!r} is not an integer, a range n-m or an empty node n.m "
+               "(is this a CoNLL-U file?)")
+    return None
+
+
 def read_conllu(
     path: PathLike,
     label_column: int | str | None = "upos",
@@ -223,52 +267,27 @@ def read_conllu(
             raise DataError(f"{path}: column index {i} is outside the 10 CoNLL-U fields")
 
     def sentences() -> Iterator[Example]:
-        tokens: list[str] = []
-        labels: list[str] = []
-        rows: list | None = [] if keep_rows else None
-        start = None
-
-        def example() -> Example:
-            return Example(tokens, labels if lab_i is not None else None, source=f"{path}:{start}", rows=rows)
-
+        block = _Block(path, lab_i is not None, keep_rows)
         for lineno, line in iter_lines(path, encoding):
             if not line.strip():
-                if tokens:
-                    yield example()
-                tokens, labels, start, rows = [], [], None, [] if keep_rows else None
+                if block.tokens:
+                    yield block.example()
+                block = _Block(path, lab_i is not None, keep_rows)
                 continue
             if line.startswith("#"):
-                if keep_rows:
-                    rows.append((lineno, line, None))
+                block.other(lineno, line)
                 continue
             cols = line.split("\t")
             if len(cols) != 10:
-                _malformed(
-                    f"{path}:{lineno}: expected 10 tab-separated columns, found {len(cols)} (is this a CoNLL-U file?)"
-                )
+                _malformed(f"{path}:{lineno}: expected 10 tab-separated columns, found {len(cols)} (is this a CoNLL-U file?)")
                 continue
-            tid = cols[0]
-            if not tid.isdigit():
-                if "-" in tid or "." in tid:
-                    a, _, b = tid.replace(".", "-").partition("-")
-                    if a.isdigit() and b.isdigit():
-                        if keep_rows:
-                            rows.append((lineno, line, None))
-                        continue  # multiword range n-m or empty node n.m
-                _malformed(
-                    f"{path}:{lineno}: token id {tid!r} is not an integer, a range n-m or an empty node n.m "
-                    "(is this a CoNLL-U file?)"
-                )
-                continue
-            if start is None:
-                start = lineno
-            if keep_rows:
-                rows.append((lineno, line, len(tokens)))
-            tokens.append(cols[tok_i])
-            if lab_i is not None:
-                labels.append(cols[lab_i])
-        if tokens:
-            yield example()
+            word = _conllu_id(path, lineno, cols[0])
+            if word:
+                block.token(lineno, line, cols[tok_i], None if lab_i is None else cols[lab_i])
+            elif word is False:
+                block.other(lineno, line)
+        if block.tokens:
+            yield block.example()
 
     return _nonempty(path, sentences(), "sentences")
 
@@ -277,6 +296,19 @@ def read_conllu(
 def _needed(index: int) -> int:
     """Columns a line needs for ``index`` (negative counts from the end) to exist."""
     return index + 1 if index >= 0 else -index
+
+
+def _check_columns(path, lineno: int, n: int, token_column: int, label_column: int | None) -> None:
+    """The first token line must have the columns both indices name (and two distinct ones)."""
+    ti = token_column + n if token_column < 0 else token_column
+    li = None if label_column is None else (label_column + n if label_column < 0 else label_column)
+    if not 0 <= ti < n or (li is not None and (not 0 <= li < n or li == ti)):
+        want = max(_needed(token_column), 0 if label_column is None else _needed(label_column))
+        want = max(want, 1 if label_column is None else 2)
+        raise DataError(
+            f"{path}:{lineno}: expected at least {want} whitespace-separated columns "
+            f"(token_column={token_column}, label_column={label_column}), found {n}"
+        )
 
 
 def read_conll(
@@ -296,48 +328,29 @@ def read_conll(
     label_column = None if label_column is None else int(label_column)
 
     def sentences() -> Iterator[Example]:
-        tokens: list[str] = []
-        labels: list[str] = []
-        rows: list | None = [] if keep_rows else None
-        start = None
-        ncols_first = None
-        first_line = None
+        block = _Block(path, label_column is not None, keep_rows)
+        ncols_first = first_line = None
         for lineno, line in iter_lines(path, encoding):
             cols = line.split()
             if not cols:
-                if tokens:
-                    yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}", rows=rows)
-                tokens, labels, start, rows = [], [], None, [] if keep_rows else None
+                if block.tokens:
+                    yield block.example()
+                block = _Block(path, label_column is not None, keep_rows)
                 continue
             if cols[0] == "-DOCSTART-":
                 continue
-            n = len(cols)
             if ncols_first is None:
-                ncols_first, first_line = n, lineno
-                ti = token_column + n if token_column < 0 else token_column
-                li = None if label_column is None else (label_column + n if label_column < 0 else label_column)
-                if not 0 <= ti < n or (li is not None and (not 0 <= li < n or li == ti)):
-                    want = max(_needed(token_column), 0 if label_column is None else _needed(label_column))
-                    want = max(want, 1 if label_column is None else 2)
-                    raise DataError(
-                        f"{path}:{lineno}: expected at least {want} whitespace-separated columns "
-                        f"(token_column={token_column}, label_column={label_column}), found {n}"
-                    )
-            elif n != ncols_first:
+                ncols_first, first_line = len(cols), lineno
+                _check_columns(path, lineno, len(cols), token_column, label_column)
+            elif len(cols) != ncols_first:
                 _malformed(
                     f"{path}:{lineno}: expected {ncols_first} whitespace-separated columns as on line "
-                    f"{first_line}, found {n} (a token with a space in it, or a missing blank line?)"
+                    f"{first_line}, found {len(cols)} (a token with a space in it, or a missing blank line?)"
                 )
                 continue
-            if start is None:
-                start = lineno
-            if keep_rows:
-                rows.append((lineno, line, len(tokens)))
-            tokens.append(cols[token_column])
-            if label_column is not None:
-                labels.append(cols[label_column])
-        if tokens:
-            yield Example(tokens, labels if label_column is not None else None, source=f"{path}:{start}", rows=rows)
+            block.token(lineno, line, cols[token_column], None if label_column is None else cols[label_column])
+        if block.tokens:
+            yield block.example()
 
     return _nonempty(path, sentences(), "sentences")
 
