@@ -1,8 +1,9 @@
 """The cluster scripts on a real (local, single-node) Slurm: arrays, cancel, resubmit, srun + MPI.
 
-The scripts run tests/cluster/fake_tagger.py in place of `tagger` (the real sharding and
+Most cases run tests/cluster/fake_tagger.py in place of `tagger` (the real sharding and
 distributed code, an echo model), so these test the scripts, the shard plan and resume,
-Slurm's signals and srun's MPI plugin, not the network.
+Slurm's signals and srun's MPI plugin, not the network. The last case runs the real
+`tagger predict --shard auto/N` over 200 files, and the train-mpi cases the real `tagger train`.
 """
 import json
 import subprocess
@@ -211,3 +212,53 @@ def test_train_mpi_sbatch_with_the_real_tagger_checkpoints_on_the_time_limit_and
     assert f"resuming from {out / 'checkpoint'}: step {stopped}" in log and "training finished" in log, log
     for name in ("model-best", "model-last"):
         assert (out / name / "weights.safetensors").read_bytes() == (tmp_path / "ref" / name / "weights.safetensors").read_bytes()
+
+
+def test_predict_array_with_the_real_tagger_over_200_files(slurm, tmp_path):
+    """The issue's case with the real `tagger predict --shard auto/N`: 200 files, one array
+    task cancelled mid-run and only it resubmitted; every output complete, none written
+    twice, and the outputs byte-identical to an unsharded run."""
+    from tagger.config import load_config
+    from tagger.data.prepare import build_vocabularies, load_splits
+    from tagger.io import save_model
+    from tagger.models import Model, build_network
+
+    cfg = load_config(REPO / "configs" / "sample_pos.yaml")
+    words, labels = build_vocabularies(cfg, load_splits(cfg).train)
+    save_model(Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), seed=3)), tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(200):  # enough lines that a task runs for seconds, not milliseconds
+        (inputs / f"doc{k:03d}.txt").write_text("".join(f"document {k} says the dog saw cat {j}\n" for j in range(150)))
+    tagger = str(Path(sys.executable).parent / "tagger")
+    whole = subprocess.run([tagger, "predict", str(tmp_path / "model"), str(inputs), "-o", str(tmp_path / "whole")],
+                           capture_output=True, text=True, env=run_env(), timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "out"
+    args = ["--model", tmp_path / "model", "--output", out, "--tagger", tagger, "--", inputs]
+    job = slurm.submit(PREDICT, *args, sbatch=["--mem=600M"], array=f"0-{SHARDS - 1}", cwd=tmp_path)
+    victim = 1
+
+    def written():  # the victim's outputs recorded so far
+        return len(manifest_outputs(out, victim).get("outputs", {}))
+
+    wait_for(lambda: written() >= 1, 300, f"task {victim}'s first output")
+    subprocess.run(["scancel", f"{job}_{victim}"], check=True, timeout=30)
+    slurm.wait(job, timeout=600)
+    states = slurm.states(job)
+    assert states.get(f"{job}_{victim}") == "CANCELLED", states
+    cancelled = manifest_outputs(out, victim)
+    assert not cancelled["complete"] and 1 <= len(cancelled["outputs"]) < 200 // SHARDS + 1
+    done_before = set(cancelled["outputs"])
+
+    again = slurm.submit(PREDICT, "--shards", SHARDS, *args, sbatch=["--mem=600M"], array=str(victim), cwd=tmp_path)
+    slurm.wait(again, timeout=600)
+    assert slurm.states(again).get(f"{again}_{victim}") == "COMPLETED", slurm.states(again)
+    log = (tmp_path / f"slurm-tagger-predict-{again}_{victim}.out").read_text()
+    assert log.count("already complete") == len(done_before)  # what the cancelled task finished is not redone
+    for i in range(SHARDS):
+        assert manifest_outputs(out, i)["complete"], i
+    found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".tagger-shards" not in p.parts)
+    assert found == [f"doc{k:03d}.txt.jsonl" for k in range(200)]  # every input once, no temporaries
+    for name in found:
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
