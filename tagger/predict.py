@@ -153,6 +153,36 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
     return done
 
 
+def predict_workers(model_path, inputs, output, workers: int, shard=None, device="cpu", **options):
+    """predict_files in `workers` processes on this node, one thread each: worker j of shard
+    I/N takes shard I*K + j of N*K of the same global plan, so the workers (and the array
+    tasks around them) share one folder and one manifest scheme and never overlap. Each
+    worker loads the model itself and streams, so memory stays what one process needs.
+    Resume with the same N and K (the part names of split files depend on N*K)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tagger.sharding import parse_shard
+
+    if output in (None, "-"):
+        raise TaggerError("--workers needs --output DIR: the workers write their outputs into one folder")
+    i, n = parse_shard(shard)
+    jobs = [f"{i * workers + j}/{n * workers}" for j in range(workers)]
+    # spawn, not fork: each worker starts clean (its own BLAS and Numba state, one thread)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [pool.submit(_worker, str(model_path), [str(x) for x in inputs], str(output), job, device, options)
+                for job in jobs]
+        return [row for run in runs for row in run.result()]
+
+
+def _worker(model_path, inputs, output, shard, device, options):
+    from tagger.io import load_model
+    from tagger.threads import configure
+
+    configure(1)
+    return predict_files(load_model(model_path, device=device), inputs, output, shard=shard, **options)
+
+
 def model_digest(model) -> str:
     """sha256 of what a model predicts with: its config, vocabularies and weights. Outputs
     of two models never mix in one --output folder."""

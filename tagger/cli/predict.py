@@ -31,19 +31,24 @@ def predict(
         None, help="I/N: predict shard I of N (byte-balanced; big files split by lines); auto or auto/N in a Slurm array"
     ),
     overwrite: bool = typer.Option(False, help="redo outputs an earlier run completed (default: skip them and resume)"),
+    workers: int = typer.Option(1, help="worker processes on this node, one thread each (needs --output DIR)",
+                                callback=positive_int),
 ):
     """Tag or classify text or already-tokenized files; one output per input, written atomically.
 
     With a column input, --format conll writes the input's own columns plus the predicted one.
     A rerun into the same --output skips what is complete (resume); --shard splits the work."""
     with user_errors():
-        from tagger.predict import predict_files
+        from tagger.predict import predict_files, predict_workers
 
         if output not in (None, "-"):
             check_output_dir(output, "--output")
-        m = load(str(model), device)
-        done = predict_files(m, [str(p) for p in inputs], output, format, encoding, overwrite=overwrite,
-                             batch_size=batch_size, shard=shard, input_format=input_format)
+        options = dict(fmt=format, encoding=encoding, overwrite=overwrite, batch_size=batch_size, input_format=input_format)
+        if workers > 1:
+            done = predict_workers(model, [str(p) for p in inputs], output, workers, shard, device, **options)
+        else:
+            m = load(str(model), device)
+            done = predict_files(m, [str(p) for p in inputs], output, shard=shard, **options)
         if output not in (None, "-"):
             for src, dst, n in done:
                 note(f"{src} -> {dst} ({'already complete' if n is None else f'{n} records'})")

@@ -126,3 +126,19 @@ def test_column_files_are_never_cut_into_parts(cli, untrained_pos, tmp_path, mon
         cli("predict", untrained_pos, src, "-o", tmp_path / "sharded", "--format", "conll", "--shard", f"{i}/2")
     assert outputs(tmp_path / "sharded") == ["dev.conll"]  # one shard took the whole file
     assert (tmp_path / "sharded" / "dev.conll").read_bytes() == (tmp_path / "whole" / "dev.conll").read_bytes()
+
+
+def test_workers_split_the_plan_and_write_what_one_process_writes(cli, untrained_pos, inputs, tmp_path):
+    # MIN_PART_BYTES is patched in this process only: the spawned workers plan with the
+    # default, which leaves these small files whole
+    cli("predict", untrained_pos, inputs, "-o", tmp_path / "one")
+    result = cli("predict", untrained_pos, inputs, "-o", tmp_path / "two", "--workers", "2")
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "one")
+    for name in outputs(tmp_path / "one"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    manifests = sorted(p.name for p in (tmp_path / "two" / ".tagger-shards").iterdir())
+    assert manifests == ["shard-0000-of-0002.json", "shard-0001-of-0002.json"]
+    assert result.stderr.count(" records)") == 3
+    # a rerun with the workers resumes: nothing to redo
+    assert cli("predict", untrained_pos, inputs, "-o", tmp_path / "two", "--workers", "2").stderr.count("already complete") == 3
+    one_line_error(cli("predict", untrained_pos, inputs, "--workers", "2", ok=False), "--workers needs --output")
