@@ -89,6 +89,8 @@ def cleanup_stale(folder: str | os.PathLike, name: str | None = None, all_pids: 
 
 
 def _fsync_dir(folder: Path) -> None:
+    """fsync a folder (its entries) or a file (its data); best effort, as not every
+    filesystem lets a folder be opened for it."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -160,12 +162,7 @@ def replace_dir(tmp: Path, path: Path) -> None:
     At every instant either `path` or ``.{name}.old`` holds a complete folder.
     """
     for f in tmp.iterdir():
-        with contextlib.suppress(OSError):
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dir(f)
     _fsync_dir(tmp)
     recover_dir(path)
     old = old_sibling(path)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.errors import DataError, TaggerError
+from tagger.fsutil import atomic_write_text
 
 PAD_CHAR, UNK_CHAR = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
@@ -130,10 +131,7 @@ class CharVocab:
 
     def save(self, path: str | os.PathLike) -> None:
         """Written to a temporary file and renamed, so a crash never leaves half a file."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharVocab":
