@@ -39,7 +39,8 @@ def parse_args(argv=None):
 def run(ranks: int, args, out: Path) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [str(BIN / "tagger"), "train", str(args.config), "--corpora", args.corpora, "-o", str(out), "--no-progress",
-           "--training.max_steps", str(args.steps), "--training.eval_every", str(args.steps)]
+           "--training.max_steps", str(args.steps), "--training.eval_every", str(args.steps),
+           "--threads", "1"]  # one thread per rank (the default would use every core)
     if ranks > 1:
         cmd = [str(BIN / "mpiexec"), "-n", str(ranks), *cmd]
     start = time.perf_counter()
