@@ -122,6 +122,7 @@ def test_export_command_on_a_saved_model(tmp_path):
     model_dir = tiny_model_dir(cfg, tmp_path / "run")
     result = CliRunner().invoke(app, ["export", str(model_dir), str(tmp_path / "pos.onnx")])
     assert result.exit_code == 0, result.output
+    assert str(tmp_path / "pos.onnx") in json.loads(result.stdout)["outputs"]  # stdout: one JSON document
     model = load_model(model_dir)
     ids, _ = model.encode([Example(["The", "cat", "sleeps", "."], None)], with_labels=False)
     ids = np.asarray(ids[0], np.int64)[None, :]

@@ -77,6 +77,7 @@ def test_plot_command_compares_runs(tmp_path):
     result = CliRunner().invoke(app, ["plot", str(a), str(b), "--output", str(tmp_path / "cmp.png"), "--name", "base", "--name", "lower lr"])
     assert result.exit_code == 0, result.output
     assert_real_png(tmp_path / "cmp.png")
+    assert json.loads(result.stdout) == {"output": str(tmp_path / "cmp.png")}  # stdout: one JSON document
 
 
 @pytest.mark.parametrize(

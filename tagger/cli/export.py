@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -17,5 +18,7 @@ def export(
     with user_errors():
         from tagger.export import export_onnx
 
-        for path in export_onnx(load(str(model)), output):
+        written = [str(path) for path in export_onnx(load(str(model)), output)]
+        for path in written:
             note(f"wrote {path}")
+        typer.echo(json.dumps({"outputs": written}))  # stdout: the one machine-readable result

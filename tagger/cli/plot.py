@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,4 +25,6 @@ def plot(
             raise TaggerError("plot needs matplotlib; install it with pip install 'tagger[plot]'")
         if name and len(name) != len(runs):
             raise TaggerError(f"--name: got {len(name)} names for {len(runs)} runs; give one per run or none")
-        note(f"wrote {plot_runs(runs, output, names=name or None)}")
+        written = plot_runs(runs, output, names=name or None)
+        note(f"wrote {written}")
+        typer.echo(json.dumps({"output": str(written)}))  # stdout: the one machine-readable result
