@@ -402,3 +402,24 @@ def run_pair(where, op, args_fwd, args_bwd, accumulates=False, submit=None):
     second = submit(op, *args_bwd)
     first = op(*args_fwd)
     return first, second.result()
+
+
+def sequential_pair_ops(lstm_forward, lstm_backward, lstm_forward_ids):
+    """The three pair ops of a backend that runs the two directions one after the other
+    (CONCURRENT_PAIR False: reference, cuda), bound to that backend's own single ops."""
+
+    def lstm_forward_pair(args_fwd, args_bwd, threads=None):
+        """(lstm_forward(*args_fwd), lstm_forward(*args_bwd)): the two directions of a
+        Bidirectional layer, one after the other (threads is ignored)."""
+        return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd)
+
+    def lstm_backward_pair(args_fwd, args_bwd, threads=None):
+        """(lstm_backward(*args_fwd), lstm_backward(*args_bwd)); each args tuple is (cache, dY,
+        dh_last, dc_last, dW, dU, db), and the two accumulate into different buffers."""
+        return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True)
+
+    def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
+        """(lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)), one after the other."""
+        return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd)
+
+    return lstm_forward_pair, lstm_backward_pair, lstm_forward_ids_pair

@@ -41,7 +41,6 @@ from tagger.errors import TaggerError
 from tagger.ops import _checks as chk
 from tagger.ops import _cuda_kernels as K
 from tagger.ops import _crf_cuda_kernels  # noqa: F401  (registers the CRF kernels in the kernel registry)
-from tagger.ops._checks import run_pair
 from tagger.ops._crf_reference import check_crf
 from tagger.ops._common import dropout_key
 from tagger.ops.reference import lstm_act_codes
@@ -396,18 +395,6 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
 # LSTM: both directions (pair ops) and inference from token ids
 
 
-def lstm_forward_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_forward(*args_fwd), lstm_forward(*args_bwd)), launched one after the other on
-    one stream (threads is ignored: CONCURRENT_PAIR is False)."""
-    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd)
-
-
-def lstm_backward_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_backward(*args_fwd), lstm_backward(*args_bwd)); each args tuple is (cache, dY,
-    dh_last, dc_last, dW, dU, db), and the two accumulate into different buffers."""
-    return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True)
-
-
 def lstm_input_table(table, W):
     """P (V, G) = table (V, E) @ W (E, G) on the device: every vocabulary row's projection."""
     chk.check_lstm_input_table(table, W)
@@ -432,9 +419,9 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
     return Y, h, c, None
 
 
-def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)), one after the other."""
-    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd)
+# the directions one after the other (CONCURRENT_PAIR False), through this module's own ops
+lstm_forward_pair, lstm_backward_pair, lstm_forward_ids_pair = chk.sequential_pair_ops(
+    lstm_forward, lstm_backward, lstm_forward_ids)
 
 
 # ----------------------------------------------------------------------------------------

@@ -66,7 +66,6 @@ from tagger.errors import TaggerError
 from tagger.ops import _checks as chk
 # ACTIVATIONS, MERGE_MODES, POOL_MODES are read from here by the layers (the spec's names)
 from tagger.ops._common import ACTIVATIONS, GATES, MERGE_MODES, POOL_MODES, dropout_key, splitmix64  # noqa: F401
-from tagger.ops._checks import run_pair
 
 # Capabilities (tagger.ops.CAPABILITIES): the pair ops run one call after the other, and
 # inference through lstm_input_table saves nothing here (the spec does the same work).
@@ -282,18 +281,6 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
 # LSTM: both directions (pair ops) and inference from token ids
 
 
-def lstm_forward_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_forward(*args_fwd), lstm_forward(*args_bwd)): the two directions of a
-    Bidirectional layer, here one after the other (threads is ignored: CONCURRENT_PAIR)."""
-    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd)
-
-
-def lstm_backward_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_backward(*args_fwd), lstm_backward(*args_bwd)); each args tuple is (cache, dY,
-    dh_last, dc_last, dW, dU, db), and the two accumulate into different buffers."""
-    return run_pair("lstm_backward_pair", lstm_backward, args_fwd, args_bwd, accumulates=True)
-
-
 def lstm_input_table(table, W):
     """P (V, G) = table (V, E) @ W (E, G): every vocabulary row's input projection."""
     chk.check_lstm_input_table(table, W)
@@ -318,9 +305,9 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
     return Y, h, c, None
 
 
-def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
-    """(lstm_forward_ids(*args_fwd), lstm_forward_ids(*args_bwd)), one after the other."""
-    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd)
+# the directions one after the other (CONCURRENT_PAIR False), through this module's own ops
+lstm_forward_pair, lstm_backward_pair, lstm_forward_ids_pair = chk.sequential_pair_ops(
+    lstm_forward, lstm_backward, lstm_forward_ids)
 
 
 # ----------------------------------------------------------------------------------------
