@@ -15,6 +15,7 @@ import pytest
 from tagger.ops import cuda as C
 from tagger.ops import reference as R
 from tests.gradcheck import assert_grad_close
+from tests.ops.cuda_device_cases import small_launches  # noqa: F401  (autouse: tiny launch shapes)
 
 if not C.is_available():
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
@@ -31,15 +32,6 @@ LENGTHS = np.array([4, 0, 1])  # full, empty, one step
 # every activation once as `activation` and once as `recurrent_activation`
 PAIRS = [("tanh", "sigmoid"), ("sigmoid", "hard_sigmoid"), ("hard_sigmoid", "relu"), ("relu", "linear"),
          ("linear", "tanh")]
-
-
-@pytest.fixture(autouse=True)
-def small_launches(monkeypatch):
-    monkeypatch.setattr(C, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(C, "MAX_BLOCKS", 2)
-    monkeypatch.setattr(C, "TILE", 2)
-    monkeypatch.setattr(C, "MAX_GRID_2D", 2)
-    monkeypatch.setattr(C, "RECURRENT_THREADS", 2)  # H = 3 units: a thread owns two
 
 
 def case(seed, dtype):
