@@ -4,7 +4,8 @@ Each rank runs one thread (OPENBLAS/NUMBA_NUM_THREADS=1); the global batch is th
 (32 sentences: each of N ranks takes 32/N), so every configuration makes the same updates
 and the dev accuracy after S steps should agree up to float32 summation order and the
 dropout masks (drawn per rank). Prints a table: ranks, steps, training tokens/s (global
-batch tokens / wall time since the start of training, the one dev evaluation included), speed-up, dev accuracy.
+batch tokens / wall time since the start of training, the one dev evaluation included), speed-up, dev accuracy,
+and for N > 1 where a step's time went (compute, communication, waiting for the slowest rank).
 
     python benchmarks/scaling.py --steps 200                 # 1 and 2 ranks
     python benchmarks/scaling.py --ranks 1 2 4 --steps 500 --corpora /work/shared/corpora
@@ -48,8 +49,10 @@ def run(ranks: int, args, out: Path) -> dict:
     if done.returncode != 0:
         sys.exit(f"{ranks} ranks failed:\n{done.stderr[-2000:]}")
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    timing = json.loads((out / "mpi_timing.json").read_text()) if ranks > 1 else {}
     return {"ranks": ranks, "steps": record["step"], "tokens_per_s": record["tokens_per_s"],
-            "dev_accuracy": record["dev_accuracy"], "wall_s": time.perf_counter() - start}
+            "dev_accuracy": record["dev_accuracy"], "wall_s": time.perf_counter() - start,
+            **{k: v for k, v in timing.items() if k not in ("ranks", "steps")}}
 
 
 def main(argv=None) -> None:
@@ -63,10 +66,17 @@ def main(argv=None) -> None:
     base = rows[0]["tokens_per_s"]
     print(f"UD English-EWT UPOS, {args.steps} steps of a 32-sentence global batch, 1 thread per rank, "
           f"{os.cpu_count()} cores; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"{'ranks':>5} {'steps':>6} {'train tok/s':>12} {'speed-up':>9} {'dev acc':>8} {'wall s':>7}")
+    print("step, compute, comm, wait: median ms per step (tagger's mpi_timing.json); dense / rows: the dense "
+          "Allreduce and the embedding-row exchange inside comm + wait")
+    print(f"{'ranks':>5} {'steps':>6} {'train tok/s':>12} {'speed-up':>9} {'dev acc':>8} {'wall s':>7} "
+          f"{'step':>6} {'compute':>8} {'comm':>11} {'wait':>11} {'dense':>6} {'rows':>6}")
     for r in rows:
+        split = ""
+        if "step_ms" in r:
+            split = (f" {r['step_ms']:>6.1f} {r['compute_ms']:>8.1f} {r['communication_ms']:>5.1f} ({100 * r['communication_share']:>2.0f}%)"
+                     f" {r['waiting_ms']:>5.1f} ({100 * r['waiting_share']:>2.0f}%) {r['dense_allreduce_ms']:>6.1f} {r['embedding_rows_ms']:>6.1f}")
         print(f"{r['ranks']:>5} {r['steps']:>6} {r['tokens_per_s']:>12,.0f} {r['tokens_per_s'] / base:>9.2f} "
-              f"{r['dev_accuracy']:>8.4f} {r['wall_s']:>7.1f}")
+              f"{r['dev_accuracy']:>8.4f} {r['wall_s']:>7.1f}" + split)
 
 
 if __name__ == "__main__":

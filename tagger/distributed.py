@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -139,6 +140,7 @@ class DataParallel:
     def __init__(self, model, w: World):
         self.model = model
         self.world = w
+        self.times = StepTimes()
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -147,6 +149,8 @@ class DataParallel:
         w = self.world
         if w.size == 1:
             return self.model.train_step(batch)
+        start = time.perf_counter()
+        self.times.started(start)
         mine = share_batch(batch, w.rank, w.size)
         local, total = loss_count(mine), loss_count(batch)
         loss = 0.0
@@ -154,8 +158,60 @@ class DataParallel:
             loss = self.model.train_step(mine)
             if local != total:
                 _scale_gradients(self.model.network, local / total)
-        allreduce_gradients(w, self.model.network)
-        return global_sum(w, loss * local) / max(total, 1)
+        computed = time.perf_counter()
+        split = allreduce_gradients(w, self.model.network)
+        mean = global_sum(w, loss * local) / max(total, 1)
+        self.times.add(compute=computed - start, exchange=time.perf_counter() - computed, **split)
+        return mean
+
+
+class StepTimes:
+    """Per-step seconds on this rank: compute (forward + backward of the share), exchange
+    (every collective of the step: dense Allreduce, embedding rows, the loss sum), within it
+    the dense Allreduce and the embedding-row exchange, and the whole step (one
+    train_step's start to the next's: the update, clipping and logging too). The exchange
+    includes waiting for a slower rank; timing_summary separates the two."""
+
+    FIELDS = ("compute", "exchange", "dense", "rows", "wall")
+
+    def __init__(self):
+        self.steps: dict[str, list[float]] = {k: [] for k in self.FIELDS}
+        self._last: float | None = None
+
+    def started(self, now: float) -> None:
+        if self._last is not None:
+            self.steps["wall"].append(now - self._last)
+        self._last = now
+
+    def add(self, **seconds: float) -> None:
+        for k, v in seconds.items():
+            self.steps[k].append(v)
+
+
+def timing_summary(w: World, times: StepTimes) -> dict | None:
+    """Every rank's step times, gathered (a collective: every rank calls it), as the median
+    over steps (evaluation steps are rare and long) of the mean over ranks, in ms. In each
+    step the rank that computed longest waits for nobody at the exchange, so its exchange
+    time is the communication itself; what the others spent beyond it is waiting for the
+    slowest rank (imbalance, noise). Shares are of the whole step. None outside MPI."""
+    if w.comm is None:
+        return None
+    every = w.allgather(times.steps)
+    steps = min(len(t[k]) for t in every for k in StepTimes.FIELDS)  # wall lags by one
+    if steps < 2:
+        return None
+    per_rank = {k: np.array([t[k][:steps] for t in every]) for k in StepTimes.FIELDS}  # (R, steps)
+    slowest = per_rank["compute"].argmax(axis=0)
+    comm = per_rank["exchange"][slowest, np.arange(steps)]
+    rows = {**per_rank, "communication": comm[None, :], "waiting": per_rank["exchange"] - comm[None, :]}
+    ms = {k: round(float(np.median(v.mean(axis=0))) * 1e3, 3) for k, v in rows.items()}
+    step = max(ms["wall"], 1e-9)
+    return {
+        "ranks": w.size, "steps": steps, "step_ms": ms["wall"], "compute_ms": ms["compute"],
+        "communication_ms": ms["communication"], "waiting_ms": ms["waiting"],
+        "dense_allreduce_ms": ms["dense"], "embedding_rows_ms": ms["rows"],
+        "communication_share": round(ms["communication"] / step, 4), "waiting_share": round(ms["waiting"] / step, 4),
+    }
 
 
 def _scale_gradients(network, factor: float) -> None:
@@ -196,19 +252,23 @@ def _host(array, where: str) -> np.ndarray:
     return array
 
 
-def allreduce_gradients(w: World, model) -> None:
-    """Sum every trainable gradient over the ranks, in place (embeddings as touched rows)."""
+def allreduce_gradients(w: World, model) -> dict[str, float]:
+    """Sum every trainable gradient over the ranks, in place (embeddings as touched rows).
+    Returns the seconds spent on the dense slots and on the embedding rows."""
     if w.comm is None:
-        return
+        return {"dense": 0.0, "rows": 0.0}
     from tagger.optim import slots
 
     dense, sparse = [], []
     for layer, k in slots(model):
         (sparse if _is_sparse(layer, k) else dense).append((layer, k))
+    start = time.perf_counter()
     allreduce_dense(w, [_host(layer.grads[k], f"{layer.name}.{layer.param_names[k]}") for layer, k in dense])
+    middle = time.perf_counter()
     for layer, k in sparse:
         grad = _host(layer.grads[k], f"{layer.name}.{layer.param_names[k]}")
         layer.grad_rows[k] = exchange_rows(w, grad, layer.grad_rows[k])
+    return {"dense": middle - start, "rows": time.perf_counter() - middle}
 
 
 def allreduce_dense(w: World, grads: list[np.ndarray]) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
-from tagger.distributed import DataParallel, World, check_weights, global_max, root_only, world
+from tagger.distributed import DataParallel, World, check_weights, global_max, root_only, timing_summary, world
 from tagger.errors import TaggerError
 from tagger.card import write_card
 from tagger.checkpoint import (CHECKPOINT, Checkpoint, LoopState, call_counters, check_same_config, has_checkpoint,
@@ -41,6 +41,7 @@ from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_op
 from tagger.plot import write_curves
 
 BEST, LAST = "model-best", "model-last"
+MPI_TIMING = "mpi_timing.json"  # under MPI: where a step's time went (report_timing)
 
 
 # ----------------------------------------------------------------------------------------
@@ -422,7 +423,7 @@ def open_output(config, output_dir, resume, w) -> Checkpoint | None:
     """Rank 0 cleans the folder (a fresh run moves the previous one to previous/ first, so
     fresh logs never sit beside an old model-best; a resumed one keeps it); then every rank
     reads the checkpoint to resume from, refused unless the config is the same."""
-    root_only(w, start_run, output_dir, (BEST, LAST, CHECKPOINT, "loss.tsv", "metrics.jsonl", "curves.png"), resume)
+    root_only(w, start_run, output_dir, (BEST, LAST, CHECKPOINT, "loss.tsv", "metrics.jsonl", "curves.png", MPI_TIMING), resume)
     w.barrier()
     if not resume:
         return None
@@ -485,8 +486,9 @@ class Job:
             self.models.best_saved = bool(ckpt and ckpt.log.get("best_saved"))
         dev = run.splits.dev
         evaluate = (lambda: root_only(w, model.evaluate, dev)) if dev else None  # one score, on every rank
+        self.parallel = DataParallel(model, w)
         self.steps = train_loop(
-            DataParallel(model, w), epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch), evaluate,
+            self.parallel, epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch), evaluate,
             run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm,
             schedule=self.schedule, state=self.state,
         )
@@ -551,8 +553,25 @@ def execute(run: Run, progress=True) -> None:
             raise  # the run stops here: the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
         finally:
             job.bar.close()
+    report_timing(run, job.parallel)
     if run.world.is_root and not job.models.best_saved:
         save_model(run.model, run.output_dir / BEST)
+
+
+def report_timing(run: Run, parallel: DataParallel) -> None:
+    """Under MPI: where a step's time went (compute, communication, waiting for the slowest
+    rank), printed on rank 0 and kept in MPI_TIMING (benchmarks/scaling.py reads it)."""
+    summary = timing_summary(run.world, parallel.times)  # a collective: every rank calls it
+    if summary is None or not run.world.is_root:
+        return
+    atomic_write_text(run.output_dir / MPI_TIMING, json.dumps(summary, indent=2) + "\n")
+    print(
+        f"MPI, {summary['ranks']} ranks: a step takes {summary['step_ms']:.1f} ms (median): compute {summary['compute_ms']:.1f}, "
+        f"communication {summary['communication_ms']:.1f} ({100 * summary['communication_share']:.0f}%), "
+        f"waiting for the slowest rank {summary['waiting_ms']:.1f} ({100 * summary['waiting_share']:.0f}%), "
+        f"the rest is the update; details in {run.output_dir / MPI_TIMING}",
+        file=sys.stderr,
+    )
 
 
 def _say_resume(run: Run, step: int) -> None:

@@ -86,3 +86,19 @@ def test_two_ranks_resume_bitwise_after_a_stop(mpiexec, tmp_path):
     tagger_train(tmp_path / "part", "--resume", ranks=2, mpiexec=mpiexec)
     assert (tmp_path / "part" / "model-last" / "weights.safetensors").read_bytes() == \
         (tmp_path / "whole" / "model-last" / "weights.safetensors").read_bytes()
+
+
+def test_two_ranks_report_where_a_step_went(mpiexec, tmp_path):
+    """report_timing: compute, communication and waiting per step, on stderr and in a file;
+    the parts are non-negative and fit in the step (times are real, so only bounds)."""
+    done = tagger_train(tmp_path / "t", ranks=2, mpiexec=mpiexec)
+    assert "MPI, 2 ranks: a step takes" in done.stderr
+    timing = json.loads((tmp_path / "t" / "mpi_timing.json").read_text())
+    assert timing["ranks"] == 2 and timing["steps"] == 19  # the last step has no successor to time it
+    assert timing["compute_ms"] > 0 and timing["communication_ms"] > 0 and timing["waiting_ms"] >= 0
+    assert timing["dense_allreduce_ms"] > 0 and timing["embedding_rows_ms"] > 0
+    assert timing["compute_ms"] + timing["communication_ms"] <= timing["step_ms"] * 1.5
+    assert 0 < timing["communication_share"] < 1 and 0 <= timing["waiting_share"] < 1
+    plain = tmp_path / "plain"
+    tagger_train(plain)
+    assert not (plain / "mpi_timing.json").exists()  # one process: nothing to split
