@@ -45,3 +45,34 @@ def test_bad_input_is_the_reference_error():
         with pytest.raises(type(ref_err.value)) as dev_err:
             call(C)
         assert str(dev_err.value) == str(ref_err.value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_word_features_on_cuda_matches_reference(kind):
+    """WordFeatures (word Embedding ++ CharEncoder through concat_forward) on the device:
+    outputs and every weight's gradient as the reference gives them."""
+    from tagger.layers import CharEncoder, Embedding, WordFeatures, WordInputs
+    from tagger.spans import Spans
+
+    def stage(backend):
+        enc = CharEncoder(kind, char_vocab_size=7, char_dim=2, units=2, filters=3, width=3, ops=backend, dtype=np.float64)
+        return WordFeatures(Embedding(6, 3, ops=backend, dtype=np.float64), enc, ops=backend, dtype=np.float64, seed=4)
+
+    ids = np.array([[1, 5, 2], [3, 4, 0]])
+    chars = np.array([[[2, 3, 0], [4, 0, 0], [5, 6, 2]], [[1, 2, 0], [6, 0, 0], [0, 0, 0]]])
+    x = WordInputs(ids, chars, (chars != 0).sum(-1))
+    spans = Spans.from_lengths(np.array([3, 2]), 3)
+    dY = np.random.default_rng(3).normal(size=(2, 3, 3 + (4 if kind == "lstm" else 3)))
+    results = []
+    for backend, ops in (("reference", R), ("cuda", C)):
+        layer = stage(backend)
+        y, back = layer.forward(x, spans, train=True)
+        back(ops.asarray(dY))
+        if backend == "cuda":
+            assert hasattr(y, "copy_to_host")  # the concatenation stayed on the device
+        results.append((np.asarray(ops.to_numpy(y)), [np.asarray(ops.to_numpy(g)) for g in layer.grads]))
+    (y_ref, g_ref), (y_dev, g_dev) = results
+    np.testing.assert_allclose(y_dev, y_ref, rtol=1e-10, atol=1e-12)
+    assert len(g_dev) == len(g_ref) > 2
+    for k, (a, b) in enumerate(zip(g_dev, g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"grad {k}")
