@@ -268,3 +268,32 @@ def test_missing_or_mismatched_chars_json_is_one_line_naming_it(tmp_path):
     f.write_text(good[:10])
     with pytest.raises(TaggerError, match="chars.json: damaged character vocabulary"):
         load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "cnn"])
+def test_every_layer_name_is_fixed_so_a_checkpoint_resumes(encoder):
+    """Checkpoints keep dropout counters by layer name (tagger/checkpoint.py): a network built
+    again (as --resume does, after other layers were made) has the same names."""
+    from tagger.checkpoint import all_layers, call_counters, set_call_counters
+
+    first = tiny(encoder, dropout=0.5)
+    first.train_step(first.batches(EXAMPLES, 8)[0])
+    CharEncoder("lstm", char_vocab_size=5)  # more unnamed layers in between
+    again = tiny(encoder, dropout=0.5)
+    names = [layer.name for layer in all_layers(first.network)]
+    assert names == [layer.name for layer in all_layers(again.network)] and len(set(names)) == len(names)
+    counters = call_counters(first.network)
+    assert counters["chars_dropout"] == 1
+    set_call_counters(again.network, counters)
+    assert call_counters(again.network) == counters
+
+
+def test_a_checkpoint_from_before_model_chars_resumes_only_without_chars():
+    from tagger.checkpoint import check_same_config
+
+    current = parse_config({}).to_dict()
+    saved = json.loads(json.dumps(current))
+    del saved["model"]["chars"], saved["vocab"]["max_chars"]
+    check_same_config(saved, current, "out")  # the missing keys read as their defaults
+    with pytest.raises(TaggerError, match=r"--resume: model.chars.encoder is 'lstm' now but 'none'"):
+        check_same_config(saved, parse_config({"model": {"chars": {"encoder": "lstm"}}}).to_dict(), "out")

@@ -130,7 +130,9 @@ class CharEncoder(_Composite):
                                    **common)
         self.drop = Dropout(self.dropout, name=f"{self.name}_dropout", **common)
         if encoder == "lstm":
-            self.rnn = Bidirectional(LSTM(self.units, name=f"{self.name}_lstm", **common), **common)
+            # named, so checkpoints (dropout counters by layer name) match in a new process
+            self.rnn = Bidirectional(LSTM(self.units, name=f"{self.name}_lstm", **common), name=f"{self.name}_bilstm",
+                                     **common)
             self.encoders = [self.rnn]
         else:
             self.conv = Conv1D(self.filters, self.width, padding="same", activation="tanh", name=f"{self.name}_conv",
