@@ -236,6 +236,10 @@ def test_save_and_load_round_trip_with_chars_json(tmp_path, encoder):
     assert (tmp_path / "m" / "chars.json").is_file()
     again = load_model(tmp_path / "m")
     assert again.chars.chars == model.chars.chars
+    from tagger.card import model_card
+
+    arch = {"lstm": "++ char BiLSTM 2 per direction (char embedding 3)", "cnn": "++ char CNN 4 x width 3 (char embedding 3)"}
+    assert arch[encoder] in model_card(tmp_path / "m")
     texts = ["The cat ran home .", "Ödön sat"]
     assert again.predict(texts) == model.predict(texts)
     for (name, a), (_, b) in zip(model.network.named_weights(), again.network.named_weights()):
