@@ -391,6 +391,16 @@ def compile_times(threads):
     return cold_s, cached_s
 
 
+def layer_systems(args):
+    """(name, train_step, infer) of the layers model, and with --chars of its chars twin."""
+    model = LayersModel(args.threads)
+    systems = [("tagger layers (numba)", model.train_step, model.infer)]
+    if args.chars is not None:
+        cm = CharsLayersModel(args.threads, args.chars)
+        systems.append((f"  + chars {args.chars}", cm.train_step, cm.infer))
+    return systems
+
+
 def main(args):
     from tagger.ops import cpu
     from tagger.threads import configure
@@ -413,11 +423,7 @@ def main(args):
     if args.chars is not None and args.driver != "layers":
         raise SystemExit("--chars runs on the layers driver (the default); drop --driver ops")
     if args.driver == "layers":
-        model = LayersModel(args.threads)
-        systems = [("tagger layers (numba)", model.train_step, model.infer)]
-        if args.chars is not None:
-            cm = CharsLayersModel(args.threads, args.chars)
-            systems.append((f"  + chars {args.chars}", cm.train_step, cm.infer))
+        systems = layer_systems(args)
     else:
         model = OursModel(cpu, np.random.default_rng(1), args.threads)
         infer = lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1)  # noqa: E731
