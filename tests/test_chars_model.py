@@ -301,3 +301,23 @@ def test_a_checkpoint_from_before_model_chars_resumes_only_without_chars():
     check_same_config(saved, current, "out")  # the missing keys read as their defaults
     with pytest.raises(TaggerError, match=r"--resume: model.chars.encoder is 'lstm' now but 'none'"):
         check_same_config(saved, parse_config({"model": {"chars": {"encoder": "lstm"}}}).to_dict(), "out")
+
+
+def test_summary_of_a_chars_config_counts_the_encoder(tmp_path):
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"embedding_dim": 4, "lstm_units": 3, "chars": {"encoder": "cnn", "char_dim": 3,
+                                                                                               "filters": 4}}}))
+    run = CliRunner().invoke(app, ["summary", str(cfg), "--vocab-size", "10", "--labels", "5", "--char-vocab-size", "7",
+                                   "--json"])
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.output)
+    first = report["layers"][0]
+    assert first["type"] == "WordFeatures" and first["output_shape"] == [None, None, 8]
+    assert first["params"] == 10 * 4 + 7 * 3 + 3 * 3 * 4 + 4
+    assert report["total_params"] == parameter_count(parse_config(yaml.safe_load(cfg.read_text())).model, 10, 5, 7)
+    bad = CliRunner().invoke(app, ["summary", str(cfg), "--vocab-size", "10", "--labels", "5", "--char-vocab-size", "1"])
+    assert bad.exit_code == 1 and "--char-vocab-size 1: expected a number >= 2" in bad.output
