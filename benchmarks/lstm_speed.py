@@ -7,11 +7,17 @@ mean 17. Batches are bucketed: shuffle, sort by length within a buffer, cut batc
 
     python benchmarks/lstm_speed.py                   # ours, 1 thread
     python benchmarks/lstm_speed.py --compare torch   # and PyTorch on the same shapes
+    python benchmarks/lstm_speed.py --chars lstm      # word-only vs + a character encoder
 
 A figure, not a test. By default it runs the public layers (tagger.layers: Embedding,
 Bidirectional(LSTM), Dense in a Sequential; tagger.optim.Adam with lazy embedding rows);
 `--driver ops` runs the same op sequence on tagger.ops.cpu directly (no layer overhead,
 and the two directions concurrently through lstm_forward_pair when --threads >= 2).
+`--chars lstm|cnn` (layers driver) also measures the full model with a character encoder
+(model.chars defaults: char_dim 25, lstm 25 units per direction or cnn 30 filters of
+width 3, dropout 0.5) as `tagger train` builds it: WordFeatures(Embedding, CharEncoder)
+-> BiLSTM -> Dense. Each word id has one fixed spelling (lengths ~ lognormal, mean 5,
+1..20 characters, 80 distinct characters), so a batch's characters follow its words.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--projected", action="store_true",
                    help="with --driver ops: inference looks the input projection up in embedding @ W "
                         "(cpu.lstm_input_table / lstm_forward_ids) instead of computing it")
+    p.add_argument("--chars", choices=["lstm", "cnn"], default=None,
+                   help="also measure the model with this character encoder (layers driver)")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--infer-batch", type=int, default=256, help="inference batch size")
     p.add_argument("--batches", type=int, default=40, help="training batches per timed repeat")
@@ -222,6 +230,49 @@ class LayersModel:
         return logits.argmax(-1)
 
 
+class CharsLayersModel(LayersModel):
+    """LayersModel with WordFeatures(Embedding, CharEncoder) as its first stage."""
+
+    N_CHARS, MAX_WORD = 82, 20  # 80 characters + [PAD], [UNK]
+
+    def __init__(self, threads, encoder, seed=0):
+        from tagger.layers import LSTM, Bidirectional, CharEncoder, Dense, Embedding, Sequential, WordFeatures
+        from tagger.optim import Adam
+
+        rng = np.random.default_rng(seed + 7)
+        sigma = 0.5
+        lens = np.clip(np.round(rng.lognormal(np.log(5.0) - sigma**2 / 2, sigma, size=V)), 1, self.MAX_WORD).astype(np.int32)
+        lens[0] = 0  # id 0 is padding
+        self.spell_len = lens
+        self.spell = rng.integers(2, self.N_CHARS, size=(V, self.MAX_WORD)).astype(np.int32)
+        self.spell[np.arange(self.MAX_WORD)[None, :] >= lens[:, None]] = 0
+        chars = CharEncoder(encoder, char_vocab_size=self.N_CHARS, char_dim=25, units=25, filters=30, width=3,
+                            dropout=0.5, name="chars")
+        self.model = Sequential(
+            [WordFeatures(Embedding(V, E, mask_zero=True), chars), Bidirectional(LSTM(H, return_sequences=True)), Dense(K)],
+            ops="cpu", seed=0, dtype=np.float32,
+        )
+        self.ops = self.model.ops
+        self.opt = Adam(lr=1e-3, lazy=True)
+
+    def inputs(self, ids):
+        from tagger.layers import WordInputs
+
+        C = max(int(self.spell_len[ids].max()), 1)  # the batch's longest word, as PaddedBatch
+        return WordInputs(ids, self.spell[ids][..., :C], self.spell_len[ids])
+
+    def train_step(self, ids, labels, mask, lens):
+        logits, backprop = self.model.forward(self.inputs(ids), train=True)
+        loss, dlogits = self.ops.softmax_xent(logits, labels, mask)
+        backprop(dlogits)
+        self.opt.step(self.model)
+        return loss
+
+    def infer(self, ids, lens):
+        logits, _ = self.model.forward(self.inputs(ids), train=False)
+        return logits.argmax(-1)
+
+
 # ----------------------------------------------------------------------------------------
 # PyTorch: the same shapes
 
@@ -340,6 +391,16 @@ def compile_times(threads):
     return cold_s, cached_s
 
 
+def layer_systems(args):
+    """(name, train_step, infer) of the layers model, and with --chars of its chars twin."""
+    model = LayersModel(args.threads)
+    systems = [("tagger layers (numba)", model.train_step, model.infer)]
+    if args.chars is not None:
+        cm = CharsLayersModel(args.threads, args.chars)
+        systems.append((f"  + chars {args.chars}", cm.train_step, cm.infer))
+    return systems
+
+
 def main(args):
     from tagger.ops import cpu
     from tagger.threads import configure
@@ -359,9 +420,10 @@ def main(args):
         print(f"numba compile: cold {cold_s:.1f} s (import + all float32 kernels), "
               f"from cache {cached_s:.2f} s (fresh process: import tagger + tiny forward)")
 
+    if args.chars is not None and args.driver != "layers":
+        raise SystemExit("--chars runs on the layers driver (the default); drop --driver ops")
     if args.driver == "layers":
-        model = LayersModel(args.threads)
-        systems = [("tagger layers (numba)", model.train_step, model.infer)]
+        systems = layer_systems(args)
     else:
         model = OursModel(cpu, np.random.default_rng(1), args.threads)
         infer = lambda ids, lens: model.forward(ids, lens, train=False)[0].argmax(-1)  # noqa: E731
@@ -382,7 +444,11 @@ def main(args):
     print(f"{'':24s} {'train':>10s} {'infer':>10s} {'train/cpu':>10s} {'infer/cpu':>10s}")
     for name, r in res.items():
         print(f"{name:24s} {r['train']:10,.0f} {r['infer']:10,.0f} {r['train_cpu']:10,.0f} {r['infer_cpu']:10,.0f}")
-    if len(res) == 2:
+    if args.chars is not None:
+        a, b = res["tagger layers (numba)"], res[f"  + chars {args.chars}"]
+        print(f"{'chars / word-only':24s} {b['train'] / a['train']:9.2f}x {b['infer'] / a['infer']:9.2f}x "
+              f"{b['train_cpu'] / a['train_cpu']:9.2f}x {b['infer_cpu'] / a['infer_cpu']:9.2f}x")
+    elif len(res) == 2:
         a, b = res.values()
         print(f"{'ratio ours / torch':24s} {a['train'] / b['train']:9.2f}x {a['infer'] / b['infer']:9.2f}x "
               f"{a['train_cpu'] / b['train_cpu']:9.2f}x {a['infer_cpu'] / b['infer_cpu']:9.2f}x"

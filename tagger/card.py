@@ -151,7 +151,11 @@ def model_card(model_dir, command: str | None = None, date: str | None = None) -
     metrics = _read_json(model_dir / "metrics.json")
     task, m = config.model.task, config.model
     what = "a label per token" if task == "tag" else "one label per text"
-    arch = (f"word embedding {m.embedding_dim} -> {m.layers} x BiLSTM {m.lstm_units} per direction ({m.merge_mode}) -> "
+    c = m.chars
+    chars = "" if not c.enabled else (
+        f" ++ char {'BiLSTM ' + str(c.units) + ' per direction' if c.encoder == 'lstm' else f'CNN {c.filters} x width {c.width}'}"
+        f" (char embedding {c.char_dim})")
+    arch = (f"word embedding {m.embedding_dim}{chars} -> {m.layers} x BiLSTM {m.lstm_units} per direction ({m.merge_mode}) -> "
             + ("CRF" if m.crf else "dense softmax" if task == "tag" else f"{m.pooling} pooling -> dense softmax"))
     lines = [
         f"# Model card: {model_dir.resolve().parent.name}/{model_dir.name}",

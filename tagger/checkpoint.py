@@ -182,8 +182,14 @@ def _flatten(d: dict, prefix=()) -> dict:
 
 
 def check_same_config(saved: dict, current: dict, output_dir) -> None:
-    """Refuse to resume with a config that differs in anything but RESUMABLE_KEYS."""
+    """Refuse to resume with a config that differs in anything but RESUMABLE_KEYS. A key the
+    saved config lacks (a checkpoint written before the key existed, e.g. model.chars) reads
+    as its default: the run it started trained with exactly that."""
+    from tagger.config import Config
+
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(Config().to_dict())
+    a.update({k: defaults[k] for k in b if k not in a and k in defaults})
     diff = [k for k in sorted(set(a) | set(b)) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
     if diff:
         k = diff[0]

@@ -121,6 +121,38 @@ class VocabConfig(Section):
         True,
         description="unknown words map to a shape class ([UNK-Cap], [UNK-NUM], [UNK-lower-ing] ...) instead of one [UNK]",
     )
+    char_min_freq: int = Field(
+        1, ge=1, description="model.chars: keep characters seen at least this often in train (rarer ones read as [UNK])"
+    )
+    max_chars: int | None = Field(
+        None, ge=1,
+        description="model.chars: encode at most this many characters of a word, its first ceil(k/2) and last floor(k/2) (null = all); no word is dropped",
+    )
+
+
+CHAR_ENCODERS = ("lstm", "cnn")
+
+
+class CharsConfig(Section):
+    """model.chars: a vector per word from its characters, concatenated to the word embedding."""
+
+    encoder: Literal["none", "lstm", "cnn"] = Field(
+        "none", description="none | lstm (Lample et al. 2016: a char BiLSTM) | cnn (Ma & Hovy 2016: conv + max)"
+    )
+    char_dim: int = Field(25, ge=1, description="character embedding size")
+    units: int = Field(25, ge=1, description="lstm: char LSTM units per direction (2 * units features per word)")
+    filters: int = Field(30, ge=1, description="cnn: filters (= features per word)")
+    width: int = Field(3, ge=1, description="cnn: filter width in characters")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on the character embeddings")
+
+    @property
+    def enabled(self) -> bool:
+        return self.encoder != "none"
+
+    @property
+    def features(self) -> int:
+        """Width of the character vector each word gets (0 without an encoder)."""
+        return {"none": 0, "lstm": 2 * self.units, "cnn": self.filters}[self.encoder]
 
 
 class ModelConfig(Section):
@@ -141,6 +173,9 @@ class ModelConfig(Section):
     pooling: Literal["last", "max", "mean"] = Field(
         "last",
         description="text vector from the last BiLSTM: last (final states) | max | mean over the real steps (task classify only)",
+    )
+    chars: CharsConfig = Field(
+        default_factory=CharsConfig, description="character-level word features (see docs/chars.md)"
     )
 
     @model_validator(mode="after")
@@ -404,6 +439,9 @@ def parse_config(
     for section in SECTIONS:  # "data:" with every key commented out reads as null
         if section in raw and raw[section] is None:
             raw[section] = {}
+    model = raw.get("model")
+    if isinstance(model, Mapping) and "chars" in model and model["chars"] is None:
+        raw["model"] = {**model, "chars": {}}  # "chars:" with every key commented out
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
@@ -511,6 +549,19 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).splitlines()[0]
 
 
+def _section_lines(model: type[BaseModel], values: Mapping[str, Any], indent: str) -> list[str]:
+    """`key: default  # description` for every key; a nested section (model.chars) indented."""
+    lines = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{indent}{name}:  # {field.description}")
+            lines += _section_lines(ann, values.get(name, {}), indent + "  ")
+            continue
+        lines.append(f"{indent}{name}: {_scalar(values.get(name, field.default))}  # {field.description}")
+    return lines
+
+
 def default_config_text(task: str = "tag") -> str:
     """A commented YAML config with every key at its default (``tagger init-config``)."""
     if task not in _TASK_DEFAULTS:
@@ -527,9 +578,7 @@ def default_config_text(task: str = "tag") -> str:
     ]
     for section, model in SECTIONS.items():
         lines.append(f"{section}:")
-        for name, field in model.model_fields.items():
-            value = values.get(section, {}).get(name, field.default)
-            lines.append(f"  {name}: {_scalar(value)}  # {field.description}")
+        lines += _section_lines(model, values.get(section, {}), "  ")
         lines.append("")
     device = Config.model_fields["device"]
     lines.append(f"device: {_scalar(device.default)}  # {device.description}")

@@ -123,7 +123,8 @@ def share_batch(batch, rank: int, size: int):
     if batch.labels is not None:
         per_token = batch.labels.ndim == 2
         labels = [batch.labels[r, : batch.lengths[r]] if per_token else batch.labels[r] for r in rows]
-    return pad_batch(ids, labels, batch.index[rows])
+    chars = None if batch.chars is None else [batch.chars[r, : batch.lengths[r]] for r in rows]
+    return pad_batch(ids, labels, batch.index[rows], chars)
 
 
 def loss_count(batch) -> int:

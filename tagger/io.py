@@ -4,6 +4,8 @@
       config.yaml           the resolved config the model was trained with
       tokenizer.json        the `tokenizers` WordLevel vocabulary ([PAD] = 0, [UNK] = 1, [UNK-...] classes last)
       labels.json           label strings in id order
+      chars.json            the character vocabulary (tagger.data.chars.CharVocab), only with
+                            model.chars (an encoder other than none); older directories have none
       weights.safetensors   every weight as 'layer/param' (safetensors: no pickle, no code); header
                             metadata: format, task, n_words, n_labels (the last two since format 2)
       metrics.json          dev/test scores at save time (optional)
@@ -31,6 +33,8 @@ FORMAT_VERSION = "2"
 FILES = ("config.yaml", "tokenizer.json", "labels.json", "weights.safetensors")
 WEIGHTS = "weights.safetensors"
 EMBEDDING, OUTPUT = "embedding/embeddings", "output/kernel"
+# with model.chars only (so directories saved before it still load)
+CHARS, CHAR_EMBEDDING = "chars.json", "chars_embedding/embeddings"
 
 
 # ----------------------------------------------------------------------------- weights file
@@ -73,6 +77,8 @@ def save_model(model, path, metrics=None):
         (tmp / "config.yaml").write_text(model.config.to_yaml(), encoding="utf-8")
         model.words.save(tmp / "tokenizer.json")
         model.labels.save(tmp / "labels.json")
+        if getattr(model, "chars", None) is not None:
+            model.chars.save(tmp / CHARS)
         tensors = {name: np.ascontiguousarray(w) for name, w in model.network.named_weights()}
         meta = {"format": FORMAT_VERSION, "task": model.task, "n_words": str(len(model.words)), "n_labels": str(len(model.labels))}
         atomic_write_bytes(tmp / WEIGHTS, safetensors_bytes(tensors, meta))
@@ -128,8 +134,18 @@ def _read_config(path: Path):
     return parse_config(raw, base_dir=path, source=str(f))
 
 
-def check_consistency(path: Path, config, words, labels, tensors: dict, metadata: dict) -> None:
-    """Task, vocabulary size and labels of the files agree with the weights; weights are finite."""
+def check_chars(path: Path, chars, tensors: dict) -> None:
+    """chars.json's size is the character embedding's row count (when the model has one)."""
+    table = tensors.get(CHAR_EMBEDDING)
+    if chars is not None and table is not None and table.ndim == 2 and table.shape[0] != len(chars):
+        raise TaggerError(
+            f"{path / CHARS}: {len(chars)} characters, but {path / WEIGHTS} was trained with {table.shape[0]}; "
+            "the files come from different models"
+        )
+
+
+def check_consistency(path: Path, config, words, labels, tensors: dict, metadata: dict, chars=None) -> None:
+    """Task, vocabulary sizes and labels of the files agree with the weights; weights are finite."""
     w = path / WEIGHTS
     task = metadata.get("task")
     if task is not None and task != config.model.task:
@@ -141,6 +157,7 @@ def check_consistency(path: Path, config, words, labels, tensors: dict, metadata
         raise TaggerError(f"{path / 'tokenizer.json'}: {len(words)} words, but {w} was trained with {n_words}; the files come from different models")
     if n_labels is not None and n_labels != len(labels):
         raise TaggerError(f"{path / 'labels.json'}: {len(labels)} labels, but {w} was trained with {n_labels}; the files come from different models")
+    check_chars(path, chars, tensors)
     for name, t in tensors.items():
         if t.dtype.kind == "f" and not np.isfinite(t).all():
             raise TaggerError(f"{w}: {name} holds NaN or infinite values; the model is damaged (re-train or restore it)")
@@ -149,6 +166,7 @@ def check_consistency(path: Path, config, words, labels, tensors: dict, metadata
 def load_model(path, device="cpu", dtype=np.float32):
     """Read a model directory (or a training output folder); any damage is a one-line
     TaggerError naming the file."""
+    from tagger.data.chars import CharVocab
     from tagger.data.vocab import LabelVocab, WordVocab
     from tagger.models import Model, build_network, check_network_fits
 
@@ -164,13 +182,19 @@ def load_model(path, device="cpu", dtype=np.float32):
         if not (path / name).is_file():
             raise TaggerError(f"{path / name}: missing; this is not a complete tagger model directory")
     config = _read_config(path)
+    if config.model.chars.enabled and not (path / CHARS).is_file():
+        raise TaggerError(f"{path / CHARS}: missing; config.yaml has model.chars.encoder {config.model.chars.encoder}, "
+                          "so the model needs its character vocabulary (re-train or restore the model directory)")
     words = WordVocab.load(path / "tokenizer.json")
     labels = LabelVocab.load(path / "labels.json")
+    chars = CharVocab.load(path / CHARS) if config.model.chars.enabled else None
+    n_chars = None if chars is None else len(chars)
     tensors, metadata = read_weights(path / WEIGHTS)
-    check_consistency(path, config, words, labels, tensors, metadata)
-    check_network_fits(config.model, len(words), len(labels), dtype, copies=1, source=str(path / "config.yaml"))
+    check_consistency(path, config, words, labels, tensors, metadata, chars)
+    check_network_fits(config.model, len(words), len(labels), dtype, copies=1, source=str(path / "config.yaml"),
+                       n_chars=n_chars or 0)
     ops = _resolve_device(device)
-    network = build_network(config.model, len(words), len(labels), ops=ops, dtype=dtype, seed=0)
+    network = build_network(config.model, len(words), len(labels), ops=ops, dtype=dtype, seed=0, n_chars=n_chars)
     expected = dict(network.named_weights())
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -184,7 +208,7 @@ def load_model(path, device="cpu", dtype=np.float32):
             raise TaggerError(f"{path / WEIGHTS}: {name} has shape {tensors[name].shape}, config.yaml implies {want.shape}")
     for leaf in network.leaves():
         leaf.set_weights([tensors[f"{leaf.name}/{p}"] for p in leaf.param_names])
-    return Model(config, words, labels, network)
+    return Model(config, words, labels, network, chars=chars)
 
 
 def read_metrics(path):

@@ -2,6 +2,10 @@
 
     tag:       ids (B, T) -> Embedding -> Dropout -> [BiLSTM, return_sequences] x L
                -> Dropout -> Dense(K)                       -> scores (B, T, K)
+    model.chars (encoder lstm | cnn): the first stage is WordFeatures(Embedding, CharEncoder):
+               (ids, char ids (B, T, C), char lengths) -> the word embedding ++ a vector
+               of each word's characters (B, T, E + F), then the same Dropout -> BiLSTM...
+               (tagger/layers/chars.py; encoder none builds exactly the network above)
     classify:  the same, the last BiLSTM returns its final state -> Dense(C) -> (B, C)
                model.pooling max | mean: the last BiLSTM returns sequences (B, T, 2H)
                -> GlobalMaxPooling1D | GlobalAveragePooling1D over the real steps -> (B, 2H)
@@ -23,12 +27,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from tagger.data.batching import PaddedBatch, make_batches
+from tagger.data.chars import CharVocab
 from tagger.data.prepare import examples_from_texts
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
-from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
-                           GlobalMaxPooling1D, Sequential)
+from tagger.layers import (CRF, LSTM, Bidirectional, CharEncoder, Dense, Dropout, Embedding, GlobalAveragePooling1D,
+                           GlobalMaxPooling1D, Sequential, WordFeatures, WordInputs)
 from tagger.tasks import Task, crf_of, head_spec, make_task
 
 POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
@@ -36,15 +41,31 @@ POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
 
 # ----------------------------------------------------------------------------------------
 # sizes: checked against free memory before anything is allocated
-def parameter_count(mcfg, n_words: int, n_labels: int) -> int:
-    """Weights of the network `mcfg` describes, without building it."""
+def _bilstm_count(inputs: int, h: int) -> int:
+    return 2 * (inputs * 4 * h + h * 4 * h + 4 * h)
+
+
+def char_parameter_count(ccfg, n_chars: int) -> int:
+    """Weights of the character encoder `ccfg` (a CharsConfig) describes; 0 for none."""
+    if not ccfg.enabled:
+        return 0
+    encoder = _bilstm_count(ccfg.char_dim, ccfg.units) if ccfg.encoder == "lstm" else ccfg.width * ccfg.char_dim * ccfg.filters + ccfg.filters
+    return n_chars * ccfg.char_dim + encoder
+
+
+def parameter_count(mcfg, n_words: int, n_labels: int, n_chars: int = 0) -> int:
+    """Weights of the network `mcfg` describes, without building it (n_chars: the
+    character vocabulary's size, with model.chars)."""
     e, h = mcfg.embedding_dim, mcfg.lstm_units
     width = 2 * h if mcfg.merge_mode == "concat" else h  # what each BiLSTM passes on
+    chars = getattr(mcfg, "chars", None)
+    features = e + (chars.features if chars is not None else 0)  # what the first BiLSTM reads
 
     def bilstm(inputs):
-        return 2 * (inputs * 4 * h + h * 4 * h + 4 * h)
+        return _bilstm_count(inputs, h)
 
-    count = n_words * e + bilstm(e) + (mcfg.layers - 1) * bilstm(width)
+    count = n_words * e + bilstm(features) + (mcfg.layers - 1) * bilstm(width)
+    count += char_parameter_count(chars, n_chars) if chars is not None else 0
     count += width * n_labels + n_labels
     if getattr(mcfg, "crf", False):
         count += n_labels * n_labels + 2 * n_labels
@@ -70,9 +91,10 @@ def available_memory() -> int:
 COPIES_IN_TRAINING = 4
 
 
-def check_network_fits(mcfg, n_words: int, n_labels: int, dtype=np.float32, copies: int = COPIES_IN_TRAINING, source="model"):
+def check_network_fits(mcfg, n_words: int, n_labels: int, dtype=np.float32, copies: int = COPIES_IN_TRAINING, source="model",
+                       n_chars: int = 0):
     """Refuse, before allocating anything, a network whose weights cannot fit in memory."""
-    n = parameter_count(mcfg, n_words, n_labels)
+    n = parameter_count(mcfg, n_words, n_labels, n_chars)
     need = n * np.dtype(dtype).itemsize * copies
     have = available_memory()
     if need > have:
@@ -84,17 +106,30 @@ def check_network_fits(mcfg, n_words: int, n_labels: int, dtype=np.float32, copi
     return n
 
 
-def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None) -> Sequential:
-    """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match."""
-    check_network_fits(mcfg, n_words, n_labels, dtype, copies=1)  # refuse before allocating
+def word_stage(mcfg, n_words, embeddings=None, n_chars=None):
+    """The first layer: the word Embedding, or with model.chars WordFeatures(Embedding,
+    CharEncoder) (weights: embedding/..., then chars_embedding/..., forward_chars_lstm/...,
+    backward_chars_lstm/... or chars_conv/...)."""
+    embedding = Embedding(
+        n_words, mcfg.embedding_dim, mask_zero=True, weights=embeddings,
+        trainable=not mcfg.freeze_embeddings, name="embedding",
+    )
+    ccfg = mcfg.chars
+    if not ccfg.enabled:
+        return embedding
+    if n_chars is None:
+        raise TaggerError(f"model.chars.encoder {ccfg.encoder}: the network needs the character vocabulary's size (n_chars)")
+    encoder = CharEncoder(ccfg.encoder, char_vocab_size=n_chars, char_dim=ccfg.char_dim, units=ccfg.units,
+                          filters=ccfg.filters, width=ccfg.width, dropout=ccfg.dropout, name="chars")
+    return WordFeatures(embedding, encoder, name="word_features")
+
+
+def build_network(mcfg, n_words, n_labels, ops="cpu", dtype=np.float32, seed=0, embeddings=None, n_chars=None) -> Sequential:
+    """The Sequential for `mcfg` (a ModelConfig); layer names are fixed so weight files match.
+    n_chars: the character vocabulary's size (needed with model.chars, unused without)."""
+    check_network_fits(mcfg, n_words, n_labels, dtype, copies=1, n_chars=n_chars or 0)  # refuse before allocating
     head = head_spec(mcfg)
-    layers = [
-        Embedding(
-            n_words, mcfg.embedding_dim, mask_zero=True, weights=embeddings,
-            trainable=not mcfg.freeze_embeddings, name="embedding",
-        ),
-        Dropout(mcfg.dropout, name="embedding_dropout"),
-    ]
+    layers = [word_stage(mcfg, n_words, embeddings, n_chars), Dropout(mcfg.dropout, name="embedding_dropout")]
     for k in range(mcfg.layers):
         last = k == mcfg.layers - 1
         lstm = LSTM(
@@ -120,11 +155,15 @@ class Model:
     No I/O here (tagger.io saves and loads, tagger.predict reads and writes files).
     """
 
-    def __init__(self, config, words: WordVocab, labels: LabelVocab, network: Sequential):
+    def __init__(self, config, words: WordVocab, labels: LabelVocab, network: Sequential, chars: CharVocab | None = None):
         self.config = config
         self.words = words
         self.network = network
         self.labeller: Task = make_task(config, labels)
+        if config.model.chars.enabled and chars is None:
+            raise TaggerError(f"model.chars.encoder {config.model.chars.encoder}: the model needs its character vocabulary (chars=)")
+        # the character vocabulary (model.chars), else None: batches then carry no characters
+        self.chars = chars if config.model.chars.enabled else None
 
     @property
     def labels(self) -> LabelVocab:
@@ -150,15 +189,30 @@ class Model:
         ids = self.words.encode_batch([ex.tokens for ex in examples])
         return ids, (self.labeller.encode(examples) if with_labels else None)
 
+    def encode_chars(self, examples: Sequence[Example]):
+        """Per example its (n_words, C_k) int32 character ids (post-padded with 0; from the
+        raw tokens, unseen characters -> [UNK]), or None for a model without model.chars."""
+        if self.chars is None:
+            return None
+        return [self.chars.encode_batch(ex.tokens)[0] for ex in examples]
+
     def batches(self, examples, batch_size, unit="sentences", shuffle=False, seed=0, with_labels=True):
+        examples = examples if isinstance(examples, Sequence) else list(examples)
         ids, labels = self.encode(examples, with_labels)
-        return make_batches(ids, labels, batch_size=batch_size, unit=unit, shuffle=shuffle, seed=seed)
+        return make_batches(ids, labels, batch_size=batch_size, unit=unit, shuffle=shuffle, seed=seed,
+                            chars=self.encode_chars(examples))
 
     # -- running ----------------------------------------------------------------------
     def forward(self, batch: PaddedBatch, train: bool):
         """(scores (B, T, K) or (B, C) on the backend, backprop): every network call goes here.
-        The host ids and the batch's spans go in as they are (the Embedding moves the ids)."""
-        return self.network.forward(batch.ids, batch.spans, train=train)
+        The host ids and the batch's spans go in as they are (the Embedding moves the ids);
+        with model.chars the ids, char ids and char lengths go in together (WordInputs)."""
+        x = batch.ids
+        if self.chars is not None:
+            if batch.chars is None:
+                raise TaggerError("this model reads characters (model.chars) but the batch has none; build batches with Model.batches")
+            x = WordInputs(batch.ids, batch.chars, batch.char_lengths)
+        return self.network.forward(x, batch.spans, train=train)
 
     def train_step(self, batch: PaddedBatch) -> float:
         """Forward + backward on one batch; gradients accumulate in the network. Returns the loss."""

@@ -191,6 +191,8 @@ def model_digest(model) -> str:
     h = hashlib.sha256()
     for text in (model.config.to_yaml(), model.words.tokenizer.to_str(), "\n".join(model.labels.labels)):
         h.update(text.encode("utf-8"))
+    if getattr(model, "chars", None) is not None:  # model.chars: the character vocabulary too
+        h.update(model.chars.to_json().encode("utf-8"))
     for name, w in model.network.named_weights():
         h.update(name.encode("utf-8"))
         h.update(w.tobytes())

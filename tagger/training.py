@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.data.prepare import Splits, build_vocabularies, load_splits, pretrained_matrix
+from tagger.data.prepare import Splits, build_char_vocab, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
 from tagger.distributed import DataParallel, World, check_weights, global_max, root_only, timing_summary, world
 from tagger.errors import TaggerError
@@ -444,17 +444,21 @@ def setup(config, output_dir, device="cpu", w=None) -> Run:
     output_dir = Path(output_dir)  # created by the OutputLock that train() holds
     splits = load_splits(config)
     words, labels = build_vocabularies(config, splits.train)
+    chars = build_char_vocab(config, splits.train)
+    n_chars = None if chars is None else len(chars)
     ops = resolve_device(device, announce=w.is_root)
     if w.is_root:
         announce_compile(ops)
     embeddings = pretrained_matrix(config, words, splits.train, config.training.seed)
-    check_network_fits(config.model, len(words), len(labels))
-    network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings)
-    model = Model(config, words, labels, network)
+    check_network_fits(config.model, len(words), len(labels), n_chars=n_chars or 0)
+    network = build_network(config.model, len(words), len(labels), ops=ops, seed=config.training.seed, embeddings=embeddings,
+                            n_chars=n_chars)
+    model = Model(config, words, labels, network, chars=chars)
     if w.is_root:
         print(
             f"train: {len(splits.train)} examples, dev: {len(splits.dev)} ({splits.dev_source or config.data.dev}), "
-            f"vocabulary: {len(words)} words, labels: {len(labels)}" + (f", {w.size} MPI ranks" if w.size > 1 else ""),
+            f"vocabulary: {len(words)} words" + (f", {n_chars} characters" if chars is not None else "")
+            + f", labels: {len(labels)}" + (f", {w.size} MPI ranks" if w.size > 1 else ""),
             file=sys.stderr,
         )
     return Run(config, output_dir, splits, model, ops, world=w)

@@ -165,3 +165,35 @@ def test_init_config_parses_back_and_covers_every_key(tmp_path, task):
     examples = list(read_examples(repo_config.data.train, repo_config.data.format, **repo_config.data.reader_options()))
     assert len(examples) > 100
     assert (examples[0].labels is not None) == (task == "tag")
+
+
+# ----------------------------------------------------------------------------- model.chars
+def test_model_chars_defaults_to_no_encoder_and_refuses_unknown_keys(tmp_path):
+    chars = parse_config({}).model.chars
+    assert (chars.encoder, chars.enabled, chars.features) == ("none", False, 0)
+    assert parse_config({"model": {"chars": None}}).model.chars == chars  # "chars:" with its keys commented out
+    assert parse_config({}).vocab.max_chars is None and parse_config({}).vocab.char_min_freq == 1
+    msg = _error(tmp_path, "model:\n  chars:\n    encodr: lstm\n")
+    assert msg.endswith("model.chars.encodr: unknown key; did you mean 'encoder'?") and "\n" not in msg
+    msg = _error(tmp_path, "model:\n  chars:\n    encoder: gru\n")
+    assert "model.chars.encoder: expected one of 'none', 'lstm', 'cnn', got 'gru'" in msg
+    assert "model.chars: expected a section" in _error(tmp_path, "model:\n  chars: lstm\n")
+    assert "vocab.max_chars" in _error(tmp_path, "vocab:\n  max_chars: 0\n")
+
+
+def test_model_chars_overrides_and_feature_widths():
+    lstm = parse_config({}, overrides=["model.chars.encoder=lstm", "model.chars.units=7"]).model.chars
+    cnn = parse_config({}, overrides=["model.chars.encoder=cnn", "model.chars.filters=9"]).model.chars
+    assert (lstm.enabled, lstm.features, cnn.features) == (True, 14, 9)
+    with pytest.raises(ConfigError, match="override model.chars.unit: unknown key; did you mean 'units'"):
+        parse_config({}, overrides=["model.chars.unit=3"])
+    with pytest.raises(ConfigError, match="override model.chars: is a section"):
+        parse_config({}, overrides=["model.chars=lstm"])
+
+
+def test_init_config_writes_the_chars_section():
+    raw = yaml.safe_load(default_config_text("tag"))
+    assert list(raw["model"]["chars"]) == list(Config.model_fields["model"].annotation.model_fields["chars"].annotation.model_fields)
+    assert raw["model"]["chars"]["encoder"] == "none"
+    assert {"char_min_freq", "max_chars"} <= set(raw["vocab"])
+    assert "first ceil(k/2) and last floor(k/2)" in default_config_text("tag")

@@ -17,6 +17,8 @@ def summary(
     corpora: Optional[Path] = typer.Option(None, help="root for ${corpora}/ paths (default: $TAGGER_CORPORA)"),
     vocab_size: Optional[int] = typer.Option(None, help="for a config: vocabulary size to assume instead of reading train (needs --labels)"),
     labels: Optional[int] = typer.Option(None, help="for a config: number of labels to assume instead of reading train (needs --vocab-size)"),
+    char_vocab_size: Optional[int] = typer.Option(
+        None, help="for a config with model.chars and --vocab-size: characters to assume (default 100)"),
     as_json: bool = typer.Option(False, "--json", help="print the layers and parameter counts as JSON"),
 ):
     """Print the Keras-style layer table (output shapes and parameter counts)."""
@@ -29,19 +31,23 @@ def summary(
             show(load_model(path).network, as_json)
             return
         from tagger.config import load_config
-        from tagger.data.prepare import build_vocabularies, load_splits
+        from tagger.data.prepare import build_char_vocab, build_vocabularies, load_splits
         from tagger.models import build_network
 
         if (vocab_size is None) != (labels is None):
             raise TaggerError("--vocab-size and --labels go together (both sizes, or neither to read them from data.train)")
-        for name, value in (("--vocab-size", vocab_size), ("--labels", labels)):
-            if value is not None and value < 1:
-                raise TaggerError(f"{name} {value}: expected a positive number")
+        for name, value, least in (("--vocab-size", vocab_size, 1), ("--labels", labels, 1), ("--char-vocab-size", char_vocab_size, 2)):
+            if value is not None and value < least:
+                raise TaggerError(f"{name} {value}: expected a number >= {least}")
         cfg = load_config(target, corpora_root=corpora)
+        n_chars = (char_vocab_size or 100) if cfg.model.chars.enabled else None
         if vocab_size is None:
-            words, label_vocab = build_vocabularies(cfg, load_splits(cfg).train)
+            train = load_splits(cfg).train
+            words, label_vocab = build_vocabularies(cfg, train)
             vocab_size, labels = len(words), len(label_vocab)
-        show(build_network(cfg.model, vocab_size, labels, ops="reference", seed=cfg.training.seed), as_json)
+            chars = build_char_vocab(cfg, train)
+            n_chars = None if chars is None else len(chars)
+        show(build_network(cfg.model, vocab_size, labels, ops="reference", seed=cfg.training.seed, n_chars=n_chars), as_json)
 
 
 def show(network, as_json: bool) -> None:

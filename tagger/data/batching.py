@@ -13,6 +13,9 @@ Notation: ``B`` examples in a batch, ``T`` = the longest length in it.
             (B,)   int32   or one class id per example (classification)
             None           or no labels (prediction)
     index   (B,)   int64   position of each row in the input order (see :func:`restore_order`)
+    chars   (B, T, C) int32  each word's character ids (tagger.data.chars.CharVocab), post-padded
+                           with 0; C = the batch's longest word; None without a character encoder
+    char_lengths (B, T) int32  characters per word (0 at padded words); None with chars None
 
 :func:`make_batches` follows the "sort a shuffled buffer by length, cut by padded size"
 recipe: the (optionally shuffled) examples are taken ``buffer`` at a time, each buffer is
@@ -41,6 +44,8 @@ class PaddedBatch:
     spans: Spans  # post-padding spans of the rows
     labels: np.ndarray | None  # (B, T) or (B,) int32
     index: np.ndarray  # (B,) int64
+    chars: np.ndarray | None = None  # (B, T, C) int32
+    char_lengths: np.ndarray | None = None  # (B, T) int32
 
     @property
     def mask(self) -> np.ndarray:
@@ -60,12 +65,27 @@ class PaddedBatch:
         return [values[i, : int(n)] for i, n in enumerate(self.lengths)]
 
 
+def pad_chars(chars: Sequence[np.ndarray], order: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chars (B, T, C) int32, char_lengths (B, T) int32) of examples' character matrices
+    (example k: (n_k, C_k), post-padded with 0, as CharVocab.encode_batch gives), rows in
+    `order`; C = the longest word of these examples (at least 1)."""
+    C = max([int((c != 0).sum(axis=-1).max(initial=0)) for c in chars] + [1])
+    out = np.zeros((len(order), T, C), dtype=np.int32)
+    for row, k in enumerate(order):
+        c = np.asarray(chars[k])
+        w = min(c.shape[1], C)  # a share of a wider batch (distributed.share_batch) holds only 0 past C
+        out[row, : c.shape[0], :w] = c[:, :w]
+    return out, (out != 0).sum(axis=-1).astype(np.int32)
+
+
 def pad_batch(
     ids: Sequence[Sequence[int]],
     labels: Sequence | None,
     index: Sequence[int],
+    chars: Sequence[np.ndarray] | None = None,
 ) -> PaddedBatch:
-    """Pad the given examples (any order) into a batch sorted longest-first."""
+    """Pad the given examples (any order) into a batch sorted longest-first; `chars`, when
+    given, holds each example's (n_words, C_k) character ids (see :func:`pad_chars`)."""
     lengths = np.array([len(x) for x in ids], dtype=np.int32)
     order = np.argsort(-lengths, kind="stable")
     lengths = lengths[order]
@@ -86,12 +106,17 @@ def pad_batch(
                 out_labels[row, :n] = labels[k]
             else:
                 out_labels[row] = labels[k]
+    if chars is not None and len(chars) != B:
+        raise ValueError(f"{B} examples but {len(chars)} character matrices")
+    out_chars, char_lengths = pad_chars(chars, order, T) if chars is not None else (None, None)
     return PaddedBatch(
         ids=out_ids,
         lengths=lengths,
         spans=Spans.from_lengths(lengths, T),
         labels=out_labels,
         index=np.asarray(index, dtype=np.int64)[order],
+        chars=out_chars,
+        char_lengths=char_lengths,
     )
 
 
@@ -103,6 +128,7 @@ def make_batches(
     shuffle: bool = False,
     seed: int = 0,
     buffer: int | None = None,
+    chars: Sequence[np.ndarray] | None = None,
 ) -> list[PaddedBatch]:
     """Cut encoded examples into length-sorted padded batches.
 
@@ -110,6 +136,7 @@ def make_batches(
     labels:     per example, a sequence of label ids (tagging) or one int (classification); or None.
     batch_size: sentences per batch, or the ``B * T`` budget with ``unit="tokens"``.
     buffer:     examples sorted together (default: all of them).
+    chars:      per example, its (n_words, C_k) character ids, or None (no character encoder).
     """
     if unit not in ("sentences", "tokens"):
         raise ValueError(f"unit must be 'sentences' or 'tokens', not {unit!r}")
@@ -118,6 +145,8 @@ def make_batches(
     n = len(ids)
     if labels is not None and len(labels) != n:
         raise ValueError(f"{n} examples but {len(labels)} labels")
+    if chars is not None and len(chars) != n:
+        raise ValueError(f"{n} examples but {len(chars)} character matrices")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n) if shuffle else np.arange(n)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
@@ -139,7 +168,9 @@ def make_batches(
     if shuffle:
         groups = [groups[k] for k in rng.permutation(len(groups))]
     return [
-        pad_batch([ids[k] for k in g], None if labels is None else [labels[k] for k in g], g) for g in groups
+        pad_batch([ids[k] for k in g], None if labels is None else [labels[k] for k in g], g,
+                  None if chars is None else [chars[k] for k in g])
+        for g in groups
     ]
 
 

@@ -5,6 +5,7 @@
                                         carved out of train when no dev file is given;
                                         data.scheme is checked against the training tags
     build_vocabularies(config, train)   (WordVocab, LabelVocab) from the training examples
+    build_char_vocab(config, train)     CharVocab of the raw training tokens, or None (no model.chars)
     pretrained_matrix(config, words, train, seed)   embedding rows from pretrained vectors
     examples_from_texts(texts)          raw texts -> unlabelled examples with character offsets
     data_report(config)                 the numbers `tagger debug-data` prints
@@ -117,6 +118,20 @@ def build_vocabularies(config, train):
         unknown_classes=config.vocab.unknown_classes,
     )
     return words, build_labels(config, train)
+
+
+def build_char_vocab(config, train):
+    """The CharVocab of the training tokens when model.chars has an encoder, else None.
+
+    From the raw tokens, before vocab.lowercase: lower-casing is the word vocabulary's
+    business, and capitalisation is most of what characters bring to NER."""
+    if not config.model.chars.enabled:
+        return None
+    from tagger.data.chars import CharVocab
+
+    return CharVocab.build(
+        (t for ex in train for t in ex.tokens), min_freq=config.vocab.char_min_freq, max_chars=config.vocab.max_chars
+    )
 
 
 def pretrained_matrix(config, words, train, seed):

@@ -6,6 +6,8 @@
     get_weights() / set_weights() in Keras layouts
     CRF: identity in the stack; loss / decode / marginals on the emissions (layers/crf.py)
     GlobalMaxPooling1D, GlobalAveragePooling1D: (B, T, F) -> (B, F) over the real steps
+    CharEncoder: char ids (B, T, C) -> (B, T, F); WordFeatures: WordInputs (word ids, char
+        ids, char lengths) -> (B, T, E + F), the first stage of a model.chars network
 """
 from tagger.spans import Spans
 
@@ -17,10 +19,11 @@ from .recurrent import LSTM, Bidirectional
 from .sequential import Sequential
 from .conv import Conv1D
 from .wrappers import TimeDistributed
-from .chars import CharEncoder
+from .chars import CharEncoder, WordFeatures, WordInputs
 
 __all__ = [
     "Layer", "Embedding", "Dense", "Dropout", "LSTM", "Bidirectional", "CRF",
     "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Sequential", "Spans", "as_spans",
     "serialize", "deserialize", "Conv1D", "TimeDistributed", "CharEncoder",
+    "WordFeatures", "WordInputs",
 ]

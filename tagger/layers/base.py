@@ -245,7 +245,8 @@ class Layer:
     def __call__(self, x, mask=None, **kwargs):
         if kwargs.get("initial_state") is not None:
             kwargs["initial_state"] = [self.ops.asarray(s, dtype=self.dtype) for s in kwargs["initial_state"]]
-        y, _ = self.forward(self.ops.asarray(x), mask=mask, train=False, **kwargs)
+        x = x if getattr(x, "host_inputs", False) else self.ops.asarray(x)  # WordInputs: the layer moves its parts
+        y, _ = self.forward(x, mask=mask, train=False, **kwargs)
         if isinstance(y, (list, tuple)):
             return [np.asarray(self.ops.to_numpy(v)) for v in y]
         return np.asarray(self.ops.to_numpy(y))

@@ -25,12 +25,14 @@ LSTM's three arrays and the backward LSTM's, or the Conv1D kernel and bias).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.spans import Spans
 
-from .base import Layer, as_spans
+from .base import Layer, as_spans, deserialize, serialize
 from .conv import Conv1D
 from .core import Dropout, Embedding
 from .pooling import GlobalMaxPooling1D
@@ -76,48 +78,19 @@ def check_char_lengths(ids, char_lengths):
     return char_lengths.astype(np.int64)
 
 
-class CharEncoder(Layer):
-    """char ids (B, W, C) -> (B, W, F) word vectors from their characters (see module doc)."""
+def leaves_of(layers):
+    """The weight-owning layers under `layers` (a Bidirectional -> its two LSTMs; layers
+    without weights left out), in order: what optimisers, clipping and weight files walk."""
+    out = []
+    for layer in layers:
+        subs = layer.sublayers()
+        out.extend(subs if subs else ([layer] if layer.params else []))
+    return out
 
-    config_keys = ("encoder", "char_vocab_size", "char_dim", "units", "filters", "width", "dropout")
 
-    def __init__(self, encoder="lstm", char_vocab_size=None, char_dim=25, units=25, filters=30, width=3,
-                 dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if encoder not in ENCODERS:
-            raise TaggerError(f"CharEncoder encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-        if char_vocab_size is None or int(char_vocab_size) < 2:
-            raise TaggerError(f"CharEncoder char_vocab_size must be >= 2 (padding and unknown), got {char_vocab_size!r}")
-        self.encoder, self.char_vocab_size, self.char_dim = encoder, int(char_vocab_size), int(char_dim)
-        self.units, self.filters, self.width, self.dropout = int(units), int(filters), int(width), float(dropout)
-        base = 0 if self.seed is None else int(self.seed)
-        seed = (lambda k: None) if self.seed is None else (lambda k: base * 4 + k)
-        common = dict(ops=self._ops, dtype=self.dtype)
-        self.embedding = Embedding(self.char_vocab_size, self.char_dim, mask_zero=True, name=f"{self.name}_embedding",
-                                   seed=seed(1), **common)
-        self.drop = Dropout(self.dropout, name=f"{self.name}_dropout", seed=seed(2), **common)
-        if encoder == "lstm":
-            self.rnn = Bidirectional(LSTM(self.units, name=f"{self.name}_lstm", **common), seed=seed(3), **common)
-            self.encoders = [self.rnn]
-        else:
-            self.conv = Conv1D(self.filters, self.width, padding="same", activation="tanh", name=f"{self.name}_conv",
-                               seed=seed(3), **common)
-            self.encoders = [self.conv, GlobalMaxPooling1D(name=f"{self.name}_pool", **common)]
-
-    @property
-    def output_dim(self):
-        return 2 * self.units if self.encoder == "lstm" else self.filters
-
-    # -- weights: the embedding's, then the encoder's (leaves, for optimisers) ------------
-    def _children(self):
-        return [self.embedding, self.drop, *self.encoders]
-
-    def sublayers(self):
-        leaves = [self.embedding]
-        for layer in self.encoders:
-            subs = layer.sublayers()
-            leaves.extend(subs if subs else ([layer] if layer.params else []))
-        return leaves
+class _Composite(Layer):
+    """A layer whose weights live in its leaves (`sublayers()`): these views are derived
+    from them, so they never go stale, and set_weights hands each leaf its share."""
 
     params = property(lambda self: [p for leaf in self.sublayers() for p in leaf.params], lambda self, v: None)
     grads = property(lambda self: [g for leaf in self.sublayers() for g in leaf.grads], lambda self, v: None)
@@ -137,10 +110,53 @@ class CharEncoder(Layer):
             leaf.set_weights(weights[:n])
             weights = weights[n:]
 
+
+class CharEncoder(_Composite):
+    """char ids (B, W, C) -> (B, W, F) word vectors from their characters (see module doc)."""
+
+    config_keys = ("encoder", "char_vocab_size", "char_dim", "units", "filters", "width", "dropout")
+
+    def __init__(self, encoder="lstm", char_vocab_size=None, char_dim=25, units=25, filters=30, width=3,
+                 dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if encoder not in ENCODERS:
+            raise TaggerError(f"CharEncoder encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if char_vocab_size is None or int(char_vocab_size) < 2:
+            raise TaggerError(f"CharEncoder char_vocab_size must be >= 2 (padding and unknown), got {char_vocab_size!r}")
+        self.encoder, self.char_vocab_size, self.char_dim = encoder, int(char_vocab_size), int(char_dim)
+        self.units, self.filters, self.width, self.dropout = int(units), int(filters), int(width), float(dropout)
+        common = dict(ops=self._ops, dtype=self.dtype)
+        self.embedding = Embedding(self.char_vocab_size, self.char_dim, mask_zero=True, name=f"{self.name}_embedding",
+                                   **common)
+        self.drop = Dropout(self.dropout, name=f"{self.name}_dropout", **common)
+        if encoder == "lstm":
+            # named, so checkpoints (dropout counters by layer name) match in a new process
+            self.rnn = Bidirectional(LSTM(self.units, name=f"{self.name}_lstm", **common), name=f"{self.name}_bilstm",
+                                     **common)
+            self.encoders = [self.rnn]
+        else:
+            self.conv = Conv1D(self.filters, self.width, padding="same", activation="tanh", name=f"{self.name}_conv",
+                               **common)
+            self.encoders = [self.conv, GlobalMaxPooling1D(name=f"{self.name}_pool", **common)]
+
+    @property
+    def output_dim(self):
+        return 2 * self.units if self.encoder == "lstm" else self.filters
+
+    # -- weights: the embedding's, then the encoder's (leaves, for optimisers) ------------
+    def _children(self):
+        return [self.embedding, self.drop, *self.encoders]
+
+    def sublayers(self):
+        return leaves_of([self.embedding, *self.encoders])
+
     # -- shapes ---------------------------------------------------------------------------
     def build(self, input_shape):
         if len(input_shape) != 3:
             raise TaggerError(f"CharEncoder expects char ids of shape (batch, words, chars), got {tuple(input_shape)}")
+        if self.seed is not None:  # set here, so a Sequential's seed (given after __init__) reaches them
+            base = int(self.seed)
+            self.embedding.seed, self.drop.seed, self.encoders[0].seed = base * 4 + 1, base * 4 + 2, base * 4 + 3
         for layer in [*self._children(), *(s for c in self._children() for s in c.sublayers())]:
             layer.ops, layer.dtype = self._ops, self.dtype  # the backend and dtype chosen for this layer
         shape = (None, None)
@@ -194,3 +210,111 @@ class CharEncoder(Layer):
             return None
 
         return out, backprop
+
+
+# ----------------------------------------------------------------------------------------
+# WordFeatures: the first stage of a network with character features
+
+
+@dataclass
+class WordInputs:
+    """The inputs of a WordFeatures stage, as one object a Sequential passes along like an
+    array (`shape` is the ids' (B, T)): host arrays, moved to the device by the layers.
+
+        ids          (B, T) int     word ids, 0 = padding
+        chars        (B, T, C) int  each word's character ids, post-padded with 0
+        char_lengths (B, T) int     characters per word (0 at padded words)
+    """
+
+    ids: np.ndarray
+    chars: np.ndarray
+    char_lengths: np.ndarray | None = None
+    host_inputs = True  # Layer.__call__ hands it on as it is (no device copy of the whole)
+
+    @property
+    def shape(self):
+        return tuple(self.ids.shape)
+
+
+class WordFeatures(_Composite):
+    """(word ids, char ids, char lengths) (B, T) -> (B, T, E + F): the word embedding and the
+    character encoder's vector of each word, concatenated (ops.concat_forward).
+
+    Position-wise: each word's output depends on its own id and characters only (the
+    character encoder reads no neighbour), so the layers before the first BiLSTM stay
+    token-local. Leaves (`sublayers`): the word Embedding, then the CharEncoder's (its
+    character embedding, the char LSTMs or the Conv1D), so optimisers, clipping and the
+    lazy embedding rows see every weight with no special case. Seeds: the word embedding
+    takes this layer's own seed, so with one training seed the word embedding and every
+    layer after this one start from the weights of the word-only network.
+    """
+
+    def __init__(self, embedding, char_encoder, **kwargs):
+        if not isinstance(embedding, Embedding) or not isinstance(char_encoder, CharEncoder):
+            raise TaggerError("WordFeatures(embedding, char_encoder): expects an Embedding and a CharEncoder")
+        kwargs.setdefault("ops", embedding._ops)
+        kwargs.setdefault("dtype", embedding.dtype)
+        super().__init__(**kwargs)
+        self.embedding, self.char_encoder = embedding, char_encoder
+
+    def get_config(self):
+        return {**super().get_config(), "embedding": serialize(self.embedding), "char_encoder": serialize(self.char_encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(deserialize(config.pop("embedding")), deserialize(config.pop("char_encoder")), **config)
+
+    def sublayers(self):
+        return [self.embedding, *self.char_encoder.sublayers()]
+
+    @property
+    def output_dim(self):
+        return self.embedding.output_dim + self.char_encoder.output_dim
+
+    def build(self, input_shape):
+        if len(input_shape) != 2:
+            raise TaggerError(f"WordFeatures expects word ids of shape (batch, timesteps), got {tuple(input_shape)}")
+        if self.seed is not None:
+            if self.embedding.seed is None:
+                self.embedding.seed = int(self.seed)
+            if self.char_encoder.seed is None:
+                self.char_encoder.seed = int(np.random.SeedSequence([int(self.seed), 1]).generate_state(1)[0])
+        for layer in (self.embedding, self.char_encoder):
+            layer.ops, layer.dtype = self._ops, self.dtype
+        self.embedding.ensure_built(tuple(input_shape))
+        self.char_encoder.ensure_built(tuple(input_shape) + (None,))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:2]) + (self.output_dim,)
+
+    def spans_from_ids(self, x):
+        return self.embedding.spans_from_ids(x.ids if isinstance(x, WordInputs) else x)
+
+    def __call__(self, x, mask=None):
+        """Inference on a WordInputs; NumPy out."""
+        y, _ = self.forward(x, mask=mask, train=False)
+        return np.asarray(self.ops.to_numpy(y))
+
+    def call(self, x, spans, train):
+        if not isinstance(x, WordInputs):
+            raise TaggerError(f"layer {self.name!r} expects WordInputs(ids, chars, char_lengths), got {type(x).__name__}; "
+                              "a model with model.chars needs batches from Model.batches")
+        ids, chars = np.asarray(self.ops.to_numpy(x.ids)), np.asarray(x.chars)
+        if chars.ndim != 3 or chars.shape[:2] != ids.shape:
+            raise TaggerError(f"layer {self.name!r}: chars must be (batch, timesteps, chars) = {ids.shape} + (C,), got {chars.shape}")
+        self.ensure_built(ids.shape)
+        if spans is None:
+            spans = self.spans_from_ids(ids)
+        words, back_words = self.embedding.call(ids, spans, train)
+        feats, back_feats = self.char_encoder.call(chars, spans, train, x.char_lengths)
+        widths = [self.embedding.output_dim, self.char_encoder.output_dim]
+        ops = self.ops
+
+        def backprop(dy):
+            d_words, d_feats = ops.concat_backward(dy, widths)
+            back_words(d_words)
+            back_feats(d_feats)
+            return None
+
+        return ops.concat_forward([words, feats]), backprop

@@ -134,7 +134,7 @@ class Sequential(Layer):
         if not self.built:
             self.build(tuple(x.shape))
         layers = self.layers
-        if spans is None and layers and isinstance(layers[0], Embedding):
+        if spans is None and layers and hasattr(layers[0], "spans_from_ids"):  # Embedding, WordFeatures
             spans = layers[0].spans_from_ids(x)
         backprops = []
         if not train and self.projected_inference:

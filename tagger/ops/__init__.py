@@ -37,6 +37,9 @@ OP_NAMES = (
     "softmax_xent",
     "merge_forward",
     "merge_backward",
+    # along the last axis, unequal widths: Ys list -> Y; dY, widths -> list of dY_k
+    "concat_forward",
+    "concat_backward",
     "pool_forward",
     "pool_backward",
     "crf_nll",

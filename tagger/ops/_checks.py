@@ -304,6 +304,35 @@ def check_merge_backward(dY, Yf, Yb, mode, where="merge_backward"):
         check_shape(where, "dY", dY, shape_of(Yf), "Yf.shape")
 
 
+def check_concat_forward(Ys, where="concat_forward"):
+    """Ys: a non-empty list of float arrays of one dtype, equal in every axis but the last
+    (widths may differ); returns the widths."""
+    if isinstance(Ys, (str, bytes)) or not isinstance(Ys, (list, tuple)) or not Ys:
+        raise TaggerError(f"{where}: Ys must be a non-empty list of arrays (..., W_k), got {type(Ys).__name__}")
+    check_floats(where, **{f"Ys[{k}]": y for k, y in enumerate(Ys)})
+    lead = shape_of(Ys[0])[:-1]
+    for k, y in enumerate(Ys):
+        if len(y.shape) < 1 or shape_of(y)[:-1] != lead:
+            raise TaggerError(
+                f"{where}: Ys[{k}] has shape {shape_of(y)}, expected Ys[0].shape[:-1] + (W,) = {lead} + (W,)"
+            )
+    return [int(y.shape[-1]) for y in Ys]
+
+
+def check_concat_backward(dY, widths, where="concat_backward"):
+    """dY (..., sum(widths)) float; widths: a non-empty list of ints >= 0. Returns the widths."""
+    check_floats(where, dY=dY)
+    ok = isinstance(widths, (list, tuple)) and len(widths) > 0 and all(
+        isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 0 for w in widths)
+    if not ok:
+        raise TaggerError(f"{where}: widths must be a non-empty list of ints >= 0 (the W_k of concat_forward's Ys), got {widths!r}")
+    widths = [int(w) for w in widths]
+    if len(dY.shape) < 1:
+        raise TaggerError(f"{where}: dY must be an array (..., sum(widths)), got shape {shape_of(dY)}")
+    check_last_axis(where, "dY", dY, sum(widths), "(..., sum(widths))", "sum(widths)")
+    return widths
+
+
 def check_pool_forward(X, starts, lengths, mode, where="pool_forward"):
     """X (B, T, F) float; returns (starts, lengths) as int64 host arrays."""
     check_choice(where, "pooling mode", mode, POOL_MODES)

@@ -856,6 +856,29 @@ def make_merge_bwd(dtype, tile, block):
 
 
 # ----------------------------------------------------------------------------------------
+# concatenation along the last axis: flat (N, W_k) pieces <-> columns off .. off + W_k of
+# (N, W). One launch per piece: each output element is written by exactly one thread.
+
+
+def k_cols_put(src, out, off):
+    # out[n, off + j] = src[n, j]    src (N, Wk), out (N, W)
+    N, Wk = src.shape
+    for k in range(cuda.grid(1), N * Wk, cuda.gridsize(1)):
+        out[k // Wk, off + k % Wk] = src[k // Wk, k % Wk]
+
+
+def k_cols_take(src, out, off):
+    # out[n, j] = src[n, off + j]    src (N, W), out (N, Wk)
+    N, Wk = out.shape
+    for k in range(cuda.grid(1), N * Wk, cuda.gridsize(1)):
+        out[k // Wk, k % Wk] = src[k // Wk, off + k % Wk]
+
+
+_register("cols_put", lambda d: (_a(d, 2), _a(d, 2), i64))(_plain(k_cols_put))
+_register("cols_take", lambda d: (_a(d, 2), _a(d, 2), i64))(_plain(k_cols_take))
+
+
+# ----------------------------------------------------------------------------------------
 # global pooling over time: X (B, T, F) -> Y (B, F). is_max: 1 max (with argmax), 0 mean.
 # Only the real steps starts[b] .. starts[b] + lengths[b] - 1 are read.
 

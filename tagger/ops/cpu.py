@@ -84,6 +84,8 @@ _JIT_FMA = dict(_JIT, fastmath={"contract"})
 # shapes): the reference functions themselves, so semantics cannot drift.
 merge_forward = _ref.merge_forward
 merge_backward = _ref.merge_backward
+concat_forward = _ref.concat_forward  # np.concatenate / slice copies: one memcpy per row and input
+concat_backward = _ref.concat_backward
 dropout_mask = _ref.dropout_mask
 mul = _ref.mul
 

@@ -605,6 +605,39 @@ def merge_backward(dY, Yf, Yb, mode):
 
 
 # ----------------------------------------------------------------------------------------
+# Concatenation along the last axis, unequal widths
+
+
+def concat_forward(Ys):
+    """[(..., W_k)] -> (..., sum W_k), a fresh device array; one column-copy launch per piece."""
+    widths = chk.check_concat_forward(Ys)
+    Ys = [_dev(y) for y in Ys]
+    lead = tuple(Ys[0].shape)[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    out = _empty((n, sum(widths)), Ys[0].dtype)
+    off = 0
+    for y, w in zip(Ys, widths):
+        _launch1d("cols_put", y.dtype, n * w, y.reshape(n, w), out, off)
+        off += w
+    return out.reshape(lead + (sum(widths),))
+
+
+def concat_backward(dY, widths):
+    """dY (..., sum widths) -> [dY_k (..., W_k)], fresh device arrays."""
+    widths = chk.check_concat_backward(dY, widths)
+    dY = _dev(dY)
+    lead = tuple(dY.shape)[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    flat, out, off = dY.reshape(n, sum(widths)), [], 0
+    for w in widths:
+        piece = _empty((n, w), dY.dtype)
+        _launch1d("cols_take", dY.dtype, n * w, flat, piece, off)
+        out.append(piece.reshape(lead + (w,)))
+        off += w
+    return out
+
+
+# ----------------------------------------------------------------------------------------
 # Global pooling over time
 
 

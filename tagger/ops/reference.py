@@ -451,6 +451,23 @@ def merge_backward(dY, Yf, Yb, mode):
 
 
 # ----------------------------------------------------------------------------------------
+# Concatenation along the last axis, unequal widths (word embedding ++ character features)
+
+
+def concat_forward(Ys):
+    """[(..., W_0), (..., W_1), ...] -> (..., W_0 + W_1 + ...), in list order."""
+    chk.check_concat_forward(Ys)
+    return np.concatenate([np.asarray(y) for y in Ys], axis=-1)
+
+
+def concat_backward(dY, widths):
+    """dY (..., sum(widths)) -> [dY_k (..., W_k)]: the slices, fresh contiguous arrays."""
+    widths = chk.check_concat_backward(dY, widths)
+    edges = np.cumsum([0, *widths])
+    return [np.ascontiguousarray(dY[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# ----------------------------------------------------------------------------------------
 # Global pooling over time: one vector per sequence (sentence classification)
 
 

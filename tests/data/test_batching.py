@@ -82,3 +82,50 @@ def test_bad_arguments():
         make_batches([[1]], unit="words")
     with pytest.raises(ValueError, match="1 examples but 2 labels"):
         make_batches([[1]], [[0], [1]])
+
+
+def _chars(ids, seed=5):
+    """Per example an (n_words, C_k) char-id matrix, post-padded with 0, ragged words."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for words in ids:
+        lens = rng.integers(0, 7, size=len(words))
+        m = np.zeros((len(words), max(int(lens.max(initial=0)), 1)), dtype=np.int32)
+        for k, n in enumerate(lens):
+            m[k, :n] = rng.integers(1, 40, size=n)
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("unit,size", [("sentences", 8), ("tokens", 100)])
+def test_chars_follow_the_rows_and_c_is_the_batch_longest_word(unit, size):
+    ids, labels = _data()
+    chars = _chars(ids)
+    batches = make_batches(ids, labels, batch_size=size, unit=unit, shuffle=True, seed=2, chars=chars)
+    for b in batches:
+        _check_batch(b, ids, labels)
+        assert b.chars.dtype == np.int32 and b.char_lengths.dtype == np.int32
+        longest = max(int((chars[k] != 0).sum(-1).max(initial=0)) for k in b.index)
+        assert b.chars.shape == b.ids.shape + (max(longest, 1),)
+        for row, k in enumerate(b.index):
+            n, m = b.lengths[row], chars[k]
+            w = min(m.shape[1], b.chars.shape[2])
+            np.testing.assert_array_equal(b.chars[row, :n, :w], m[:, :w])
+            np.testing.assert_array_equal(b.char_lengths[row, :n], (m != 0).sum(-1))
+            assert not b.chars[row, n:].any() and not b.char_lengths[row, n:].any()
+    assert make_batches(ids, labels, batch_size=8)[0].chars is None
+
+
+def test_a_rank_share_of_a_chars_batch_keeps_its_characters():
+    from tagger.distributed import share_batch
+
+    ids, labels = _data(n=9)
+    batch = pad_batch(ids, labels, np.arange(9), _chars(ids))
+    part = share_batch(batch, 1, 2)
+    for row, k in enumerate(part.index):
+        src = int(np.flatnonzero(batch.index == k)[0])
+        n = part.lengths[row]
+        np.testing.assert_array_equal(part.chars[row, :n], batch.chars[src, :n, : part.chars.shape[2]])
+        np.testing.assert_array_equal(part.char_lengths[row, :n], batch.char_lengths[src, :n])
+    with pytest.raises(ValueError, match="9 examples but 2 character matrices"):
+        make_batches(ids, labels, chars=_chars(ids)[:2])

@@ -182,3 +182,19 @@ def test_tagger_chain_on_characters_gradients(backend):
     for leaf in model.leaves():
         for k, name in enumerate(leaf.param_names):
             assert_grad_close(np.array(ops.to_numpy(leaf.grads[k])), numeric_grad(loss, leaf.params[k]), f"{leaf.name}/{name}")
+
+
+def test_word_features_refusals_are_one_line():
+    from tagger.layers import WordFeatures, WordInputs
+
+    with pytest.raises(TaggerError, match="expects an Embedding and a CharEncoder"):
+        WordFeatures(encoder("cnn"), encoder("cnn"))
+    stage = WordFeatures(Embedding(5, 2, ops="reference", dtype=np.float64), encoder("cnn"), ops="reference",
+                         dtype=np.float64, seed=2)
+    with pytest.raises(TaggerError, match="expects WordInputs") as err:
+        stage.forward(np.ones((1, 2), int), None)
+    assert "Model.batches" in str(err.value)
+    with pytest.raises(TaggerError, match=r"chars must be \(batch, timesteps, chars\) = \(1, 2\) \+ \(C,\)"):
+        stage(WordInputs(np.ones((1, 2), int), np.ones((1, 3, 4), int)))
+    y = stage(WordInputs(np.array([[1, 2, 0]]), char_ids()[:1, :3]))
+    assert y.shape == (1, 3, 2 + 4) and (y[0, 2, 2:] == 0).all()  # spans from the ids: word 3 is padding
