@@ -30,7 +30,7 @@ TEXTS = ["Anna Smith spoke after the minister .", "Pavel", "shares rose"]
 
 def bio_model(crf=True, constraints="decode", seed=0, scheme="bio"):
     config = Config.model_validate(
-        {"data": {"scheme": scheme},
+        {"data": {"scheme": scheme, "format": "conll"},
          "model": {"crf": crf, "crf_constraints": constraints, "embedding_dim": 8, "lstm_units": 8, "dropout": 0.0},
          "training": {"seed": seed}, "device": "cpu"}
     )
@@ -189,3 +189,18 @@ def test_predict_files_and_the_cli(trained, tmp_path):
     assert [r["line"] for r in lines] == [1, 2, 3]
     result = runner.invoke(app, ["predict", str(tmp_path / "model"), str(src), "--nbest", "3", "--format", "conll"])
     assert result.exit_code == 1 and "--nbest lists are written in --format jsonl only" in result.output
+
+
+def test_evaluate_cli_prints_the_oracle(trained, tmp_path):
+    save_model(trained, tmp_path / "model")
+    data = tmp_path / "dev.conll"
+    data.write_text("".join("".join(f"{t} {g}\n" for t, g in zip(ex.tokens, ex.labels)) + "\n"
+                            for ex in sentences(10, seed=7)))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "4-best oracle span f1: " in result.stdout
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "4", "--json"])
+    assert json.loads(result.stdout)["oracle"]["k"] == 4
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "2", "-p", str(tmp_path / "p")])
+    assert result.exit_code == 1 and "--nbest and --predictions" in result.output
