@@ -293,7 +293,8 @@ class TagTask(Task):
             lines.append(conlleval_text(scores["spans"]))
         if "oracle" in scores:
             o = scores["oracle"]
-            lines.append(f"{o['k']}-best oracle {o['metric'].replace('_', ' ')}: {o['score'] * 100:.2f}%")
+            what = "span F1" if o["metric"] == "span_f1" else "token accuracy"
+            lines.append(f"{o['k']}-best oracle {what}: {o['score'] * 100:.2f}%")
         return lines
 
 

@@ -170,7 +170,7 @@ def test_evaluate_nbest_reports_the_oracle(trained):
     assert scores["oracle"]["k"] == 5 and scores["oracle"]["metric"] == "span_f1"
     assert scores["oracle"]["score"] >= scores["score"]
     assert {k: v for k, v in scores.items() if k != "oracle"} == trained.evaluate(examples)
-    assert any("5-best oracle span f1" in line for line in trained.labeller.report_lines(scores))
+    assert any("5-best oracle span F1" in line for line in trained.labeller.report_lines(scores))
 
 
 def test_predict_files_and_the_cli(trained, tmp_path):
@@ -199,7 +199,7 @@ def test_evaluate_cli_prints_the_oracle(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "4"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "4-best oracle span f1: " in result.stdout
+    assert "4-best oracle span F1: " in result.stdout
     result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "4", "--json"])
     assert json.loads(result.stdout)["oracle"]["k"] == 4
     result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "2", "-p", str(tmp_path / "p")])
