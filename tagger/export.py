@@ -32,7 +32,8 @@ Weight conversion (Keras layout -> ONNX LSTM):
 A CRF model also gets ``<output stem>.crf.json``: labels, ``transitions`` (K, K) from tag i
 to tag j, ``start`` (K,) and ``end`` (K,), the decoding rule (Viterbi over the first
 lengths[b] rows of ``scores``), and for a span scheme ``allowed``: booleans ``start`` (K,),
-``transitions`` (K, K), ``end`` (K,), the tag grammar decoding keeps to (docs/crf.md).  The labels and the task are also in the ONNX metadata.
+``transitions`` (K, K), ``end`` (K,), the tag grammar decoding keeps to (docs/crf.md).
+The labels and the task are also in the ONNX metadata.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ module asks which task it is running:
     record      what `tagger predict` writes per example, and its conll/tsv line
     score       token accuracy + per-class report + conlleval spans (tag, span schemes);
                 accuracy + per-class report (classify)
+    n-best      tag with a CRF: the k best tag sequences per sentence (decode_nbest,
+                empty_nbest, record_nbest; score_nbest adds the k-best oracle), within
+                the train scheme's tag grammar (crf_head, model.crf_constraints;
+                docs/crf.md)
 
 Shapes: scores (B, T, K) per token or (B, C) per text; probs the same, as NumPy; best
 label ids (B, T) or (B,).  `batch` is a PaddedBatch (ids, lengths, labels, index).
@@ -101,7 +105,7 @@ class CRFHead:
         return crf_of(network).nbest(scores, batch.spans, k, self.allowed)
 
 
-def crf_grammar(config, labels: LabelVocab):
+def crf_head(config, labels: LabelVocab):
     """The CRFHead for a tagging config: the grammar of the train scheme over the labels
     (the tags the CRF sees), unless model.crf_constraints is none or the scheme has none."""
     mode, scheme = config.model.crf_constraints, train_scheme(config.data)
@@ -149,7 +153,8 @@ class TagTask(Task):
     name = "tag"
 
     def __init__(self, config, labels: LabelVocab):
-        super().__init__(config, labels, crf_grammar(config, labels) if config.model.crf else SoftmaxHead(per_token=True))
+        head = crf_head(config, labels) if config.model.crf else SoftmaxHead(per_token=True)
+        super().__init__(config, labels, head)
         self.data_scheme = config.data.scheme
         self.train_scheme = train_scheme(config.data)
         # a loss within the grammar needs gold paths within it: re-encoded through their

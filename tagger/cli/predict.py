@@ -47,8 +47,8 @@ def predict(
 
         if output not in (None, "-"):
             check_output_dir(output, "--output")
-        options = dict(fmt=format, encoding=encoding, overwrite=overwrite, batch_size=batch_size, input_format=input_format,
-                       nbest=nbest)
+        options = dict(fmt=format, encoding=encoding, overwrite=overwrite, batch_size=batch_size,
+                       input_format=input_format, nbest=nbest)
         if workers > 1:
             done = predict_workers(model, [str(p) for p in inputs], output, workers, shard, device, **options)
         else:

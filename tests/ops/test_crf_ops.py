@@ -69,7 +69,8 @@ BAD_NBEST = {
     "k zero": (dict(k=0), r"k \(paths per sentence\) must be a positive integer, got 0"),
     "k float": (dict(k=2.0), "must be a positive integer, got 2.0"),
 }
-CASES = [(op, k) for op in CRF_OPS for k in BAD] + [("crf_nll", k) for k in BAD_NLL] + [("crf_nbest", k) for k in BAD_NBEST]
+CASES = ([(op, k) for op in CRF_OPS for k in BAD] + [("crf_nll", k) for k in BAD_NLL]
+         + [("crf_nbest", k) for k in BAD_NBEST])
 
 
 @pytest.mark.parametrize("name,bad", CASES, ids=[f"{op}-{k}" for op, k in CASES])
