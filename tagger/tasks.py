@@ -240,7 +240,7 @@ class TagTask(Task):
             st, n = int(batch.spans.starts[row]), int(batch.lengths[row])
             cands = [
                 (self.to_data_scheme(self.labels.decode(paths[row, m, st : st + n])), float(total),
-                 float(np.exp(total - logZ[row])))
+                 min(1.0, float(np.exp(total - logZ[row]))))  # float32 rounding can pass 1 by an ulp
                 for m, total in enumerate(totals[row]) if np.isfinite(total)
             ]
             out.append((tags, probs, cands))
