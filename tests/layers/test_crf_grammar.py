@@ -184,3 +184,20 @@ def test_nbest_refuses_a_bad_k(backend):
     for k in (0, -2, 1.5, True):
         with pytest.raises(TaggerError, match=r"crf_nbest: k \(paths per sentence\) must be a positive integer"):
             get_ops(backend).crf_nbest(E, sp.starts, sp.lengths, A, s, e, k)
+
+
+def test_forbidden_gradients_are_exactly_zero_in_float32_too(backend):
+    """float32's exp of -1e4 is a tiny positive number in the njit kernels, not 0: the
+    layer zeroes the forbidden entries itself, in place, so accumulation stays exact."""
+    E, sp, A, s, e, allowed = grammar_case("bioes", 60, lengths=(4, 2, 3), padding="post")
+    K = E.shape[2]
+    layer = CRF(K, dtype=np.float32, ops=backend)
+    layer.ensure_built((None, None, K))
+    layer.set_weights([A, s, e])
+    buffers = [id(g) for g in layer.grads]
+    y = np.zeros(E.shape[:2], dtype=np.int64)  # all O
+    for _ in range(2):
+        layer.loss(E.astype(np.float32), y, sp, allowed)
+    assert [id(g) for g in layer.grads] == buffers
+    for g, ok in zip(layer.grads, CR.weight_masks(allowed)):
+        assert (g[~ok] == 0).all() and (g[ok] != 0).any()
