@@ -204,3 +204,14 @@ def test_evaluate_cli_prints_the_oracle(trained, tmp_path):
     assert json.loads(result.stdout)["oracle"]["k"] == 4
     result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(data), "--nbest", "2", "-p", str(tmp_path / "p")])
     assert result.exit_code == 1 and "--nbest and --predictions" in result.output
+
+
+def test_nbest_from_a_column_input(trained, tmp_path):
+    """--input-format conll with --format jsonl: the same lists as for the raw sentences."""
+    src = tmp_path / "in.conll"
+    src.write_text("".join("".join(f"{t}\tO\n" for t in text.split()) + "\n" for text in TEXTS))
+    out = tmp_path / "out"
+    predict_files(trained, [src], out, fmt="jsonl", nbest=3)
+    records = [json.loads(line) for line in (out / "in.conll.jsonl").read_text().splitlines()]
+    want = trained.predict_examples([Example(tokens=t.split()) for t in TEXTS], nbest=3)
+    assert [[c["tags"] for c in r["nbest"]] for r in records] == [[c[0] for c in w[2]] for w in want]
