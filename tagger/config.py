@@ -170,6 +170,12 @@ class ModelConfig(Section):
     crf: bool = Field(
         False, description="linear-chain CRF output: learned tag transitions, Viterbi decoding (task tag only)"
     )
+    crf_constraints: Literal["decode", "train", "none"] = Field(
+        "decode",
+        description="CRF tag grammar of a span scheme (iob1 | bio | bioes; none has no grammar): decode (Viterbi, "
+        "n-best lists and marginals never cross a forbidden transition such as O -> I-PER) | train (also the loss "
+        "is the constrained model's) | none",
+    )
     pooling: Literal["last", "max", "mean"] = Field(
         "last",
         description="text vector from the last BiLSTM: last (final states) | max | mean over the real steps (task classify only)",
@@ -182,6 +188,8 @@ class ModelConfig(Section):
     def _crf_needs_tagging(self) -> "ModelConfig":
         if self.crf and self.task != "tag":
             raise ValueError("crf: a CRF labels token sequences; it needs task: tag (got task: classify)")
+        if self.crf_constraints == "train" and not self.crf:
+            raise ValueError("crf_constraints: train constrains the CRF's loss; it needs crf: true")
         return self
 
     @model_validator(mode="after")

@@ -30,8 +30,10 @@ Weight conversion (Keras layout -> ONNX LSTM):
   the first token: exactly the final states of our LSTM whatever the padding.
 
 A CRF model also gets ``<output stem>.crf.json``: labels, ``transitions`` (K, K) from tag i
-to tag j, ``start`` (K,) and ``end`` (K,), and the decoding rule (Viterbi over the first
-lengths[b] rows of ``scores``).  The labels and the task are also in the ONNX metadata.
+to tag j, ``start`` (K,) and ``end`` (K,), the decoding rule (Viterbi over the first
+lengths[b] rows of ``scores``), and for a span scheme ``allowed``: booleans ``start`` (K,),
+``transitions`` (K, K), ``end`` (K,), the tag grammar decoding keeps to (docs/crf.md).
+The labels and the task are also in the ONNX metadata.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ MERGE_REDUCE = {"sum": "ReduceSum", "ave": "ReduceMean"}
 CRF_DECODING = (
     "score(y) = start[y_0] + sum_t scores[b, t, y_t] + sum_{t>0} transitions[y_{t-1}, y_t] + end[y_{n-1}], "
     "n = lengths[b]; the predicted tags are the argmax of score(y) over tag sequences of length n "
-    "(Viterbi), and labels[y_t] names them"
+    "(Viterbi), and labels[y_t] names them; when `allowed` is present, only sequences whose first tag "
+    "(allowed.start), every transition (allowed.transitions[y_{t-1}][y_t]) and last tag (allowed.end) "
+    "it marks true are considered: the tag grammar of the model's span scheme"
 )
 
 
@@ -201,6 +205,9 @@ def export_onnx(model, output) -> list[Path]:
         transitions, start, end = crf.get_weights()
         sidecar = {"labels": labels, "transitions": transitions.tolist(), "start": start.tolist(),
                    "end": end.tolist(), "decoding": CRF_DECODING}
+        allowed = model.labeller.head.allowed  # the tag grammar tagger decodes within, or None
+        if allowed is not None:
+            sidecar["allowed"] = {k: ok.tolist() for k, ok in zip(("start", "transitions", "end"), allowed)}
         written.append(output.with_suffix(".crf.json"))
         written[-1].write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return written

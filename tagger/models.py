@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -227,31 +228,50 @@ class Model:
         scores, _ = self.forward(batch, train=False)
         return self.labeller.head.decode(scores, batch, self.network)[1]
 
-    def predict_examples(self, examples: Sequence[Example], batch_size=256):
+    def predict_examples(self, examples: Sequence[Example], batch_size=256, nbest: int | None = None):
         """Per example, in input order: (labels in the data's scheme, probabilities).
 
         tag: a list of tags and a list of per-tag probabilities; classify: a label and its
         probability. Empty sentences get empty predictions (tag) or are refused (classify).
+        nbest=k (a CRF model): (tags, probs, [(tags, score, probability)] the k best
+        sequences, best first), from the same forward pass (TagTask.decode_nbest).
         """
         examples = list(examples)
+        empty, decode = self.labeller.empty_prediction, self.labeller.decode
+        if nbest is not None:
+            self.check_nbest(nbest)
+            empty, decode = self.labeller.empty_nbest, partial(self.labeller.decode_nbest, k=nbest)
         out: list = [None] * len(examples)
         nonempty = [k for k, ex in enumerate(examples) if len(ex.tokens)]
         for k in sorted(set(range(len(examples))) - set(nonempty)):
-            out[k] = self.labeller.empty_prediction(examples[k])
+            out[k] = empty(examples[k])
         kept = [examples[k] for k in nonempty]
         for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False):
             scores, _ = self.forward(batch, train=False)
-            for pos, pred in zip(batch.index, self.labeller.decode(scores, batch, self.network)):
+            for pos, pred in zip(batch.index, decode(scores, batch, self.network)):
                 out[nonempty[int(pos)]] = pred
         return out
 
-    def predict(self, texts: Iterable[str]) -> list[dict]:
-        """Raw texts -> one record each: tokens, offsets, tags, probs, spans (tag) or
-        text, label, probability (classify)."""
-        examples = examples_from_texts(list(texts))
-        return [self.labeller.record(ex, pred) for ex, pred in zip(examples, self.predict_examples(examples))]
+    def check_nbest(self, nbest, option: str = "nbest") -> None:
+        """n-best lists come from a CRF's k-best Viterbi: refuse them otherwise."""
+        if isinstance(nbest, bool) or not isinstance(nbest, (int, np.integer)) or nbest < 1:
+            raise TaggerError(f"{option} must be a positive number of tag sequences, got {nbest!r}")
+        if self.crf is None:
+            raise TaggerError(f"{option} needs a CRF model (model.crf: true); this model has a softmax output")
 
-    def evaluate(self, examples: Sequence[Example], batch_size=256) -> dict:
-        """The task's scores on labelled examples; `score` is what early stopping watches."""
+    def predict(self, texts: Iterable[str], nbest: int | None = None) -> list[dict]:
+        """Raw texts -> one record each: tokens, offsets, tags, probs, spans (tag) or
+        text, label, probability (classify). nbest=k (a CRF model): also "nbest", the k
+        best tag sequences [{tags, score, probability}], best first."""
+        examples = examples_from_texts(list(texts))
+        record = self.labeller.record if nbest is None else self.labeller.record_nbest
+        return [record(ex, pred) for ex, pred in zip(examples, self.predict_examples(examples, nbest=nbest))]
+
+    def evaluate(self, examples: Sequence[Example], batch_size=256, nbest: int | None = None) -> dict:
+        """The task's scores on labelled examples; `score` is what early stopping watches.
+        nbest=k (a CRF model): also "oracle", the k-best oracle's (TagTask.score_nbest)."""
         examples = list(examples)
-        return self.labeller.score(examples, self.predict_examples(examples, batch_size=batch_size))
+        preds = self.predict_examples(examples, batch_size=batch_size, nbest=nbest)
+        if nbest is None:
+            return self.labeller.score(examples, preds)
+        return self.labeller.score_nbest(examples, preds, nbest)

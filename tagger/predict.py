@@ -26,7 +26,9 @@ tagger/sharding.py and docs/cluster.md.
 Formats:
     jsonl  one JSON object per non-blank line: line, text, tokens, offsets (character
            [start, end) into the line), tags, probs, spans (type, start, end, text,
-           token_start, token_end) - or for classification: line, text, label, probability
+           token_start, token_end) - or for classification: line, text, label, probability;
+           with --nbest K (a CRF model) also nbest: the K best tag sequences, best first,
+           each {tags, score, probability} (--nbest needs --format jsonl)
     conll  token<TAB>tag per line, a blank line after each sentence (classification: as tsv)
     tsv    one row per line: line number, then the tokens and tags space-joined
            (classification: line number, label, probability, text)
@@ -73,33 +75,35 @@ def _chunks(lines: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]
         yield chunk
 
 
-def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, batch_size=256) -> list[tuple[str, int]]:
+def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, batch_size=256,
+                  nbest=None) -> list[tuple[str, int]]:
     """(formatted record, its token count) for each (line number, text) of a chunk: the
     chunk is split, encoded and predicted as batches, then formatted in one pass."""
     task = model.labeller
     examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k, _ in chunk])
-    preds = model.predict_examples(examples, batch_size=batch_size)
-    record, format_record = task.record, task.format_record
+    preds = model.predict_examples(examples, batch_size=batch_size, nbest=nbest)
+    record, format_record = task.record if nbest is None else task.record_nbest, task.format_record
     return [(format_record(record(ex, pred), lineno, fmt), len(ex.tokens))
             for (lineno, _), ex, pred in zip(chunk, examples, preds)]
 
 
-def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256) -> int:
+def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256, nbest=None) -> int:
     """Predict every non-blank line of `lines` ((line number, line) pairs), calling
     write(text, tokens) per record. Returns the count."""
     n = 0
     for chunk in _chunks(lines):
-        for text, tokens in predict_chunk(model, chunk, source, fmt, batch_size):
+        for text, tokens in predict_chunk(model, chunk, source, fmt, batch_size, nbest):
             write(text, tokens=tokens)
         n += len(chunk)
     return n
 
 
 def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", overwrite=False, batch_size=256,
-                  shard=None, input_format=None):
+                  shard=None, input_format=None, nbest=None):
     """Predict each input into OUTPUT/<name><suffix>, or to stdout with output None or '-'.
 
     input_format: one of INPUT_FORMATS, or None to choose per file by its suffix.
+    nbest: k, each jsonl record also lists the k best tag sequences (a CRF model only).
     With an output folder the run is resumable and shardable (tagger/sharding.py):
     `shard` "I/N", "auto" or "auto/N" takes shard I's byte-balanced share of the inputs
     (a large text file is cut into line ranges, written as NAME.part-III-of-NNN<suffix>;
@@ -115,6 +119,7 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
         raise TaggerError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if input_format is not None and input_format not in INPUT_FORMATS:
         raise TaggerError(f"unknown --input-format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
+    check_nbest(model, nbest, fmt)
     files = expand_inputs(inputs)
     kinds = {f.path: input_format_of(f.path, input_format) for f in files}
     for f in files:
@@ -123,8 +128,8 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
     def stream(path, lines, write):
         if kinds[path] == "text":
             warn_if_columns(path, encoding)
-            return predict_stream(model, lines, fmt, write, path, batch_size)
-        return predict_pretokenized(model, path, kinds[path], fmt, write, encoding, batch_size, lines)
+            return predict_stream(model, lines, fmt, write, path, batch_size, nbest)
+        return predict_pretokenized(model, path, kinds[path], fmt, write, encoding, batch_size, lines, nbest)
 
     if output in (None, "-"):
         if shard is not None:
@@ -140,6 +145,8 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
     whole = any(k in COLUMN_INPUTS for k in kinds.values())
     plan = plan_shards(inputs, n, i, out_dir, SUFFIX[fmt], min_part_bytes=sys.maxsize if whole else sharding.MIN_PART_BYTES)
     settings = {"format": fmt, "encoding": encoding, "input_format": input_format}
+    if nbest is not None:  # only then: the settings of earlier runs without it stay the same
+        settings["nbest"] = nbest
     run = ShardRun(plan, out_dir, model_digest(model), settings, overwrite=overwrite)
     done = []
     for unit in plan:
@@ -220,6 +227,15 @@ def check_formats(model, path: Path, kind: str, fmt: str) -> None:
         raise TaggerError(f"{path}: --format conllu writes a CoNLL-U input back; use --input-format conllu or another --format")
 
 
+def check_nbest(model, nbest, fmt: str) -> None:
+    """--nbest: a CRF model, and jsonl, the one format with room for a list per sentence."""
+    if nbest is None:
+        return
+    model.check_nbest(nbest, "--nbest")
+    if fmt != "jsonl":
+        raise TaggerError(f"--nbest lists are written in --format jsonl only (got --format {fmt}); use --format jsonl")
+
+
 def warn_if_columns(path: Path, encoding: str) -> None:
     """A column file read as text would tag each `token<TAB>tag` line as a sentence: say so."""
     for _, line in iter_lines(path, encoding, encoding_option="--encoding"):
@@ -278,7 +294,7 @@ def format_rows(ex: Example, tags: list[str], fmt: str, field: int) -> str:
 
 
 def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding="utf-8", batch_size=256,
-                         lines=None) -> int:
+                         lines=None, nbest=None) -> int:
     """Predict every sentence of a tokens / conll / conllu input, calling write(text, tokens)
     per record. `lines`: the (line number, line) pairs of a tokens input (default: all of
     `path`); a column file is always read whole."""
@@ -289,11 +305,12 @@ def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding
         items = column_sentences(model, path, kind, encoding)
     rows = kind in COLUMN_INPUTS and fmt in ("conll", "conllu")
     field = label_field(model) if fmt == "conllu" else None
+    record = task.record if nbest is None else task.record_nbest
     n = 0
     for chunk in _batched(items, CHUNK_LINES):
-        preds = model.predict_examples([ex for _, ex in chunk], batch_size=batch_size)
+        preds = model.predict_examples([ex for _, ex in chunk], batch_size=batch_size, nbest=nbest)
         for (lineno, ex), pred in zip(chunk, preds):
-            text = format_rows(ex, pred[0], fmt, field) if rows else task.format_record(task.record(ex, pred), lineno, fmt)
+            text = format_rows(ex, pred[0], fmt, field) if rows else task.format_record(record(ex, pred), lineno, fmt)
             write(text, tokens=len(ex.tokens))
             n += 1
     return n

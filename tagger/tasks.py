@@ -14,6 +14,10 @@ module asks which task it is running:
     record      what `tagger predict` writes per example, and its conll/tsv line
     score       token accuracy + per-class report + conlleval spans (tag, span schemes);
                 accuracy + per-class report (classify)
+    n-best      tag with a CRF: the k best tag sequences per sentence (decode_nbest,
+                empty_nbest, record_nbest; score_nbest adds the k-best oracle), within
+                the train scheme's tag grammar (crf_head, model.crf_constraints;
+                docs/crf.md)
 
 Shapes: scores (B, T, K) per token or (B, C) per text; probs the same, as NumPy; best
 label ids (B, T) or (B,).  `batch` is a PaddedBatch (ids, lengths, labels, index).
@@ -27,12 +31,12 @@ import json
 
 import numpy as np
 
-from tagger.data.schemes import convert, spans as tag_spans
+from tagger.data.schemes import allowed_transitions, convert, from_spans, spans as tag_spans
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab
 from tagger.errors import TaggerError
 from tagger.layers import CRF
-from tagger.metrics import classification_report, conlleval_text, span_scores, token_accuracy
+from tagger.metrics import classification_report, conlleval_text, oracle_choice, span_scores, token_accuracy
 
 
 def train_scheme(data_config) -> str:
@@ -81,14 +85,33 @@ class CRFHead:
     """The CRF's negative log-likelihood; Viterbi paths, the per-token marginals as probabilities.
 
     The CRF runs on the network's backend over the batch's spans (device arrays stay on
-    the device); only the paths and the marginals come back to the host."""
+    the device); only the paths and the marginals come back to the host. `allowed`: the
+    tag grammar (tagger.data.schemes.allowed_transitions) decoding, n-best lists and the
+    marginals keep to, or None; `train`: the loss is the constrained model's too."""
+
+    def __init__(self, allowed=None, train=False):
+        self.allowed = allowed
+        self.train_allowed = allowed if train else None
 
     def loss(self, scores, batch, network):
-        return crf_of(network).loss(scores, network.ops.asarray(batch.labels), batch.spans)
+        return crf_of(network).loss(scores, network.ops.asarray(batch.labels), batch.spans, self.train_allowed)
 
     def decode(self, scores, batch, network):
         crf = crf_of(network)
-        return crf.decode(scores, batch.spans), crf.marginals(scores, batch.spans)
+        return crf.decode(scores, batch.spans, self.allowed), crf.marginals(scores, batch.spans, self.allowed)
+
+    def nbest(self, scores, batch, network, k: int):
+        """(paths (B, k, T), scores (B, k) with -inf past a row's last path, logZ (B,))."""
+        return crf_of(network).nbest(scores, batch.spans, k, self.allowed)
+
+
+def crf_head(config, labels: LabelVocab):
+    """The CRFHead for a tagging config: the grammar of the train scheme over the labels
+    (the tags the CRF sees), unless model.crf_constraints is none or the scheme has none."""
+    mode, scheme = config.model.crf_constraints, train_scheme(config.data)
+    if mode == "none" or scheme == "none":
+        return CRFHead()
+    return CRFHead(allowed_transitions(labels.labels, scheme), train=mode == "train")
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,9 +153,13 @@ class TagTask(Task):
     name = "tag"
 
     def __init__(self, config, labels: LabelVocab):
-        super().__init__(config, labels, CRFHead() if config.model.crf else SoftmaxHead(per_token=True))
+        head = crf_head(config, labels) if config.model.crf else SoftmaxHead(per_token=True)
+        super().__init__(config, labels, head)
         self.data_scheme = config.data.scheme
         self.train_scheme = train_scheme(config.data)
+        # a loss within the grammar needs gold paths within it: re-encoded through their
+        # spans (the same spans), so e.g. a loose-BIO I-X after O becomes B-X
+        self.canonical = isinstance(self.head, CRFHead) and self.head.train_allowed is not None
         # an entity type unseen in training is scored as a miss ("O"), never a crash
         self.fallback = "O" if "O" in labels else None
 
@@ -150,6 +177,8 @@ class TagTask(Task):
         return LabelVocab.build(seen, first=["O"] if "O" in seen else [])
 
     def to_train_scheme(self, tags: Sequence[str]) -> list[str]:
+        if self.canonical:
+            return from_spans(tag_spans(tags, self.data_scheme), len(tags), self.train_scheme)
         return _convert(tags, self.data_scheme, self.train_scheme)
 
     def to_data_scheme(self, tags: Sequence[str]) -> list[str]:
@@ -200,6 +229,47 @@ class TagTask(Task):
             ]
         return record
 
+    # -- n-best lists (a CRF head only: Model.predict_examples(nbest=k)) ----------------
+    def decode_nbest(self, scores, batch, network, k: int) -> list:
+        """Per batch row: (tags, probs) as `decode`, plus the k best tag sequences as
+        [(tags in the data scheme, score, probability = exp(score - logZ))], best first
+        (fewer when the sentence has fewer paths within the grammar)."""
+        paths, totals, logZ = self.head.nbest(scores, batch, network, k)
+        out = []
+        for row, (tags, probs) in enumerate(self.decode(scores, batch, network)):
+            st, n = int(batch.spans.starts[row]), int(batch.lengths[row])
+            cands = [
+                (self.to_data_scheme(self.labels.decode(paths[row, m, st : st + n])), float(total),
+                 min(1.0, float(np.exp(total - logZ[row]))))  # float32 rounding can pass 1 by an ulp
+                for m, total in enumerate(totals[row]) if np.isfinite(total)
+            ]
+            out.append((tags, probs, cands))
+        return out
+
+    def empty_nbest(self, ex: Example):
+        """An empty sentence has one path, the empty one (score 0, probability 1)."""
+        return [], [], [([], 0.0, 1.0)]
+
+    def record_nbest(self, ex: Example, pred) -> dict:
+        """`record` of the 1-best, plus "nbest": [{tags, score, probability}, ...] best first."""
+        return {
+            **self.record(ex, pred[:2]),
+            "nbest": [{"tags": tags, "score": score, "probability": prob} for tags, score, prob in pred[2]],
+        }
+
+    def score_nbest(self, examples: Sequence[Example], preds: Sequence, k: int) -> dict:
+        """`score` of the 1-best, plus "oracle": the scores of the n-best oracle (per
+        sentence the candidate closest to the gold, tagger.metrics.oracle_choice)."""
+        out = self.score(examples, [p[:2] for p in preds])
+        gold = [ex.labels for ex in examples]
+        best = oracle_choice(gold, [[c[0] for c in p[2]] for p in preds], self.data_scheme)
+        if self.data_scheme != "none":
+            oracle = span_scores(gold, best, scheme=self.data_scheme)
+            out["oracle"] = {"k": k, "metric": "span_f1", "score": oracle["f1"], "spans": oracle}
+        else:
+            out["oracle"] = {"k": k, "metric": "accuracy", "score": token_accuracy(gold, best)["accuracy"]}
+        return out
+
     def format_text(self, record: dict, line: int, fmt: str) -> str:
         if fmt == "conll":
             return "".join(f"{t}\t{g}\n" for t, g in zip(record["tokens"], record["tags"])) + "\n"
@@ -226,6 +296,10 @@ class TagTask(Task):
         lines = [f"token accuracy: {scores['accuracy'] * 100:.2f}% ({scores['n_sentences']} sentences)"]
         if "spans" in scores:
             lines.append(conlleval_text(scores["spans"]))
+        if "oracle" in scores:
+            o = scores["oracle"]
+            what = "span F1" if o["metric"] == "span_f1" else "token accuracy"
+            lines.append(f"{o['k']}-best oracle {what}: {o['score'] * 100:.2f}%")
         return lines
 
 

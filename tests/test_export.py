@@ -34,7 +34,9 @@ def random_model(seed=0, **model):
         for sub in layer.sublayers() or [layer]:
             if sub.params:
                 sub.set_weights([rng.normal(0.0, 0.6, w.shape) for w in sub.get_weights()])
-    return SimpleNamespace(task=cfg.task, labels=LabelVocab([f"L{k}" for k in range(K)]), network=net)
+    # a stand-in for a loaded Model: what export reads (no tag grammar: labels L0.. are no span tags)
+    return SimpleNamespace(task=cfg.task, labels=LabelVocab([f"L{k}" for k in range(K)]), network=net,
+                           labeller=SimpleNamespace(head=SimpleNamespace(allowed=None)))
 
 
 def ragged_ids(seed=1):
@@ -98,6 +100,27 @@ def test_crf_sidecar_decodes_like_our_viterbi(tmp_path):
     layer = model.network.layers[-1]
     np.testing.assert_array_equal(crf_viterbi(scores, SPANS.starts, SPANS.lengths, A, s, e)[0], layer.decode(np.asarray(ours), SPANS))
 
+
+
+def test_crf_sidecar_carries_the_tag_grammar(tmp_path):
+    """With a grammar, decoding the sidecar's weights with -inf at what `allowed` marks
+    false is our constrained decode."""
+    from tagger.data.schemes import allowed_transitions
+    from tagger.ops._crf_reference import constrained
+
+    model = random_model(task="tag", crf=True)
+    grammar = allowed_transitions(["O", "B-X", "I-X", "B-Y", "I-Y"], "bio")  # K = 5 tags
+    model.labeller.head.allowed = grammar
+    crf = json.loads(export_onnx(model, tmp_path / "m.onnx")[1].read_text())
+    allowed = tuple(np.array(crf["allowed"][k], dtype=bool) for k in ("start", "transitions", "end"))
+    for got, want in zip(allowed, grammar):
+        np.testing.assert_array_equal(got, want)
+    assert "allowed" in crf["decoding"]
+    A, s, e = constrained(*(np.array(crf[k]) for k in ("transitions", "start", "end")), allowed, -np.inf)
+    ours, _ = model.network.forward(ragged_ids(), SPANS, train=False)
+    scores = np.asarray(ours)
+    np.testing.assert_array_equal(crf_viterbi(scores, SPANS.starts, SPANS.lengths, A, s, e)[0],
+                                  model.network.layers[-1].decode(scores, SPANS, grammar))
 
 def test_gate_reorder_and_metadata(tmp_path):
     H = 2

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._util import check_output_file, load, user_errors
+from ._util import check_output_file, load, positive_int, user_errors
 
 
 @app.command()
@@ -22,10 +22,15 @@ def evaluate(
     ),
     as_json: bool = typer.Option(False, "--json", help="print all metrics as one JSON document instead of the table"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+    nbest: Optional[int] = typer.Option(
+        None, "--nbest", help="also score the K-best oracle: per sentence the best of the CRF's K best tag "
+        "sequences (span F1; accuracy for scheme none)", callback=positive_int,
+    ),
 ):
     """Score a model on labelled data: accuracy, per-class P/R/F1, conlleval spans."""
     with user_errors():
         from tagger.data.prepare import read_split
+        from tagger.errors import TaggerError
         from tagger.io import atomic_write_text
         from tagger.predict import evaluate_to_file
 
@@ -33,8 +38,15 @@ def evaluate(
             if path is not None:
                 check_output_file(path, option)
         m = load(str(model), device)
+        if nbest is not None:
+            m.check_nbest(nbest, "--nbest")
+            if predictions is not None:
+                raise TaggerError("--nbest and --predictions: write the predictions and score the oracle in two runs")
         examples = read_split(m.config, data)
-        scores = m.evaluate(examples) if predictions is None else evaluate_to_file(m, examples, predictions)
+        if predictions is not None:
+            scores = evaluate_to_file(m, examples, predictions)
+        else:
+            scores = m.evaluate(examples, nbest=nbest)
         if as_json:
             typer.echo(json.dumps(scores, indent=2))
         else:

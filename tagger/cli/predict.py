@@ -33,6 +33,10 @@ def predict(
     overwrite: bool = typer.Option(False, help="redo outputs an earlier run completed (default: skip them and resume)"),
     workers: int = typer.Option(1, help="worker processes on this node, one thread each (needs --output DIR)",
                                 callback=positive_int),
+    nbest: Optional[int] = typer.Option(
+        None, "--nbest", help="also list the K best tag sequences of each sentence with score and probability "
+        "(a CRF model, --format jsonl)", callback=positive_int,
+    ),
 ):
     """Tag or classify text or already-tokenized files; one output per input, written atomically.
 
@@ -43,7 +47,8 @@ def predict(
 
         if output not in (None, "-"):
             check_output_dir(output, "--output")
-        options = dict(fmt=format, encoding=encoding, overwrite=overwrite, batch_size=batch_size, input_format=input_format)
+        options = dict(fmt=format, encoding=encoding, overwrite=overwrite, batch_size=batch_size,
+                       input_format=input_format, nbest=nbest)
         if workers > 1:
             done = predict_workers(model, [str(p) for p in inputs], output, workers, shard, device, **options)
         else:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from tagger.errors import DataError
 
 SCHEMES = ("iob1", "bio", "bioes", "none")
@@ -174,3 +176,60 @@ def scheme_problem(tags: Sequence[str], scheme: str) -> tuple[int, str] | None:
         if prefix in ("I", "E") and not (prv_prefix in ("B", "I") and prv_kind == kind):
             return i, f"does not follow B-{kind} or I-{kind}, as inside a bioes chunk it must"
     return None
+
+
+# ----------------------------------------------------------------------------------------
+# the tag grammar a CRF decodes within
+
+
+def allowed_transitions(tags: Sequence[str], scheme: str):
+    """Which tag sequences ``scheme`` can produce, as three boolean masks over ``tags``
+    (a CRF's tag ids, in the scheme it is trained in):
+
+        start_ok (K,)    tag j may open a sentence
+        trans_ok (K, K)  tag i may be followed by tag j
+        end_ok (K,)      tag i may close a sentence
+
+    The rules (X, Y entity types; a type must match where it is named):
+
+        bio    I-X only after B-X or I-X (so never first)
+        iob1   B-X only after I-X or B-X (it separates two adjacent chunks of one type; so
+               never first); I-X may open a chunk anywhere
+        bioes  B-X and I-X are followed by I-X or E-X (so never last); I-X and E-X follow
+               B-X or I-X; O, E-X and S-X are followed by O, B-Y or S-Y; first: O, B, S
+        none   everything allowed
+
+    Exactly the sequences that `convert` / `from_spans` write, so decoding within them
+    never produces a tag sequence the scheme's span reading must repair. A tag that is not
+    ``P-TYPE`` with one of the scheme's prefixes is treated as ``O``.
+    """
+    if scheme not in SCHEMES:
+        _check_scheme(scheme)
+    K = len(tags)
+    start_ok, trans_ok, end_ok = np.ones(K, bool), np.ones((K, K), bool), np.ones(K, bool)
+    if scheme == "none":
+        return start_ok, trans_ok, end_ok
+    parts = [split_tag(t) for t in tags]
+    parts = [(p, k) if len(p) == 1 and p in PREFIXES[scheme] and k else ("O", "") for p, k in parts]
+    for j, (pj, kj) in enumerate(parts):
+        start_ok[j] = pj not in _NEVER_FIRST[scheme]
+        end_ok[j] = pj not in _NEVER_LAST[scheme]
+        for i, (pi, ki) in enumerate(parts):
+            trans_ok[i, j] = _may_follow(scheme, pi, ki, pj, kj)
+    return start_ok, trans_ok, end_ok
+
+
+_NEVER_FIRST = {"bio": "I", "iob1": "B", "bioes": "IE"}
+_NEVER_LAST = {"bio": "", "iob1": "", "bioes": "BI"}
+
+
+def _may_follow(scheme: str, pi: str, ki: str, pj: str, kj: str) -> bool:
+    """May tag (pj, kj) follow tag (pi, ki) in `scheme` (prefix, type; "O" has type "")?"""
+    if scheme == "bio":
+        return pj != "I" or (pi in ("B", "I") and ki == kj)
+    if scheme == "iob1":
+        return pj != "B" or (pi in ("B", "I") and ki == kj)
+    # bioes: inside a chunk only its continuation; outside one only O or a new chunk
+    if pi in ("B", "I"):
+        return pj in ("I", "E") and ki == kj
+    return pj in ("O", "B", "S")

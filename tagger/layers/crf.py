@@ -10,15 +10,21 @@ Legend
                post-padding, a (B, T) bool mask one run of real steps per row
     weights    transitions (K, K) [from tag i to tag j], start (K,), end (K,)
 
-The numerics are the ops crf_nll, crf_marginals and crf_viterbi of the layer's backend
+The numerics are the ops crf_nll, crf_marginals, crf_viterbi and crf_nbest of the layer's backend
 (reference: NumPy, the spec in tagger/ops/_crf_reference.py, with the score, the loss and
 its gradient written out; cpu: njit kernels; cuda: numba.cuda kernels on device arrays).
+
+Tag grammar: loss, decode, marginals and nbest take `allowed`, the (start_ok (K,), trans_ok
+(K, K), end_ok (K,)) masks of tagger.data.schemes.allowed_transitions, or None. The ops see
+it as weights with the forbidden entries replaced (tagger.ops._crf_reference.constrained):
+-inf for decoding, FORBIDDEN (-1e4) for the nll and the marginals. See docs/crf.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tagger.errors import TaggerError
+from tagger.ops._crf_reference import FORBIDDEN, constrained, weight_masks
 from tagger.spans import Spans
 
 from .base import Layer, uniform
@@ -80,20 +86,52 @@ class CRF(Layer):
             raise TaggerError(f"layer {self.name!r} expects emissions (batch, timesteps, {self.units}), got {shape}")
         return E, Spans.from_mask(spans, shape[0], shape[1])
 
-    def loss(self, emissions, labels, spans):
+    def _weights(self, allowed, fill):
+        """transitions, start, end as the ops take them: the layer's own, or with `fill` at
+        the entries the tag grammar `allowed` forbids (masked host copies moved to the
+        backend: K x K is tiny)."""
+        if allowed is None:
+            return self.params
+        host = [self.ops.to_numpy(p) for p in self.params]
+        return [self.ops.asarray(w, dtype=self.dtype) for w in constrained(*host, allowed, fill)]
+
+    def loss(self, emissions, labels, spans, allowed=None):
         """(mean negative log-likelihood per real token: float, d_emissions (B, T, K) as a
         backend array). Accumulates the gradients of transitions, start and end into
-        self.grads (on the backend: device arrays on cuda, no host copies)."""
+        self.grads (on the backend: device arrays on cuda, no host copies).
+
+        allowed: the tag grammar (start_ok, trans_ok, end_ok), or None. With it, the nll of
+        the constrained model (forbidden entries scored FORBIDDEN); the forbidden entries
+        are then no parameters of the model, and their gradients are set to exactly 0."""
         E, sp = self._inputs(emissions, spans)
         grads = self.grads if self.trainable else [self.ops.zeros(tuple(p.shape), self.dtype) for p in self.params]
-        return self.ops.crf_nll(E, labels, sp.starts, sp.lengths, *self.params, *grads)
+        out = self.ops.crf_nll(E, labels, sp.starts, sp.lengths, *self._weights(allowed, FORBIDDEN), *grads)
+        if allowed is not None:
+            for g, ok in zip(grads, weight_masks(allowed)):
+                # the entries as rows of an (n, 1) view, so fill_'s row form reaches them in place
+                forbidden = np.flatnonzero(~ok.ravel())
+                if forbidden.size:
+                    self.ops.fill_(g.reshape(-1, 1), 0.0, rows=forbidden)
+        return out
 
-    def decode(self, emissions, spans):
-        """Viterbi best paths (B, T) int64 NumPy, 0 at padded steps."""
+    def decode(self, emissions, spans, allowed=None):
+        """Viterbi best paths (B, T) int64 NumPy, 0 at padded steps; within the tag grammar
+        `allowed` (forbidden entries -inf) when given."""
         E, sp = self._inputs(emissions, spans)
-        return self.ops.crf_viterbi(E, sp.starts, sp.lengths, *self.params)[0]
+        return self.ops.crf_viterbi(E, sp.starts, sp.lengths, *self._weights(allowed, -np.inf))[0]
 
-    def marginals(self, emissions, spans):
-        """Per-token tag marginals p(y_t = j | x) (B, T, K) NumPy, 0 at padded steps."""
+    def marginals(self, emissions, spans, allowed=None):
+        """Per-token tag marginals p(y_t = j | x) (B, T, K) NumPy, 0 at padded steps; those
+        of the constrained model (forbidden entries FORBIDDEN) when `allowed` is given.
+        At most 1: in float32, exp(alpha + beta - logZ) of a near-certain tag can round to
+        a few ulp above it (alpha, beta and logZ are ~100 with an ulp of ~8e-6)."""
         E, sp = self._inputs(emissions, spans)
-        return np.asarray(self.ops.to_numpy(self.ops.crf_marginals(E, sp.starts, sp.lengths, *self.params)))
+        P = self.ops.crf_marginals(E, sp.starts, sp.lengths, *self._weights(allowed, FORBIDDEN))
+        return np.minimum(np.asarray(self.ops.to_numpy(P)), 1)
+
+    def nbest(self, emissions, spans, k, allowed=None):
+        """The k best paths of each row: (paths (B, k, T) int64, scores (B, k), logZ (B,)) as
+        NumPy, best first; a row with fewer than k paths (within `allowed`) has score -inf
+        for the rest. p(path | x) = exp(score - logZ)."""
+        E, sp = self._inputs(emissions, spans)
+        return self.ops.crf_nbest(E, sp.starts, sp.lengths, *self._weights(allowed, -np.inf), k)

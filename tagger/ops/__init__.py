@@ -45,6 +45,7 @@ OP_NAMES = (
     "crf_nll",
     "crf_marginals",
     "crf_viterbi",
+    "crf_nbest",
     "conv1d_forward",
     "conv1d_backward",
     "dropout_mask",

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from tagger.ops._cpu_math import expneg
-from tagger.ops._crf_reference import check_crf
+from tagger.ops._crf_reference import check_crf, check_k
 
 # cached, GIL released, and error_model="numpy" (no exception paths in the inner loops), as
 # every kernel in tagger/ops/cpu.py; no fastmath
@@ -192,6 +192,94 @@ def _crf_viterbi_kernel(paths, scores, E, starts, lengths, A, s, e):
             pb[t - 1] = tag
 
 
+@njit(**_JIT)
+def _nbest_row(paths, scores, E, A, s, e, k):
+    """The k best paths of one row's span E (n, K), n >= 1, into paths (k, n) and scores
+    (k,) (left as they are past the m <= k paths that exist: the caller fills -inf / 0).
+    As _crf_reference._nbest_row: delta (K, k) r-th best scores ending in tag j, -inf none;
+    back (n, K, k) candidate c = i * k + r at step t-1; a stable sort of each (t, j)'s K*k
+    candidates, so ties go to the path smaller read backwards."""
+    n, K = E.shape
+    delta = np.full((K, k), -np.inf, dtype=E.dtype)
+    nxt = np.empty((K, k), dtype=E.dtype)
+    for j in range(K):
+        delta[j, 0] = s[j] + E[0, j]
+    back = np.zeros((n, K, k), dtype=np.int64)
+    cand = np.empty(K * k, dtype=E.dtype)
+    for t in range(1, n):
+        for j in range(K):
+            for i in range(K):
+                for r in range(k):
+                    cand[i * k + r] = -(delta[i, r] + A[i, j])
+            order = np.argsort(cand, kind="mergesort")
+            for r in range(k):
+                back[t, j, r] = order[r]
+                nxt[j, r] = -cand[order[r]] + E[t, j]
+        delta[:, :] = nxt
+    for j in range(K):
+        for r in range(k):
+            cand[j * k + r] = -(delta[j, r] + e[j])
+    order = np.argsort(cand, kind="mergesort")
+    m = 0
+    for q in range(k):
+        c = order[q]
+        if cand[c] == np.inf:  # -inf score: this and every later candidate do not exist
+            break
+        scores[m] = -cand[c]
+        j, r = c // k, c % k
+        paths[m, n - 1] = j
+        for t in range(n - 1, 0, -1):
+            c = back[t, j, r]
+            j, r = c // k, c % k
+            paths[m, t - 1] = j
+        m += 1
+
+
+@njit(**_JIT)
+def _lse_plus(a, w):
+    """log sum_i exp(a[i] + w[i]) (K,), -inf when every term is -inf (no path), not NaN."""
+    m = -np.inf
+    for i in range(a.shape[0]):
+        m = max(m, a[i] + w[i])
+    if m == -np.inf:
+        return m
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += math.exp(a[i] + w[i] - m)
+    return m + math.log(acc)
+
+
+@njit(**_JIT)
+def _logz_row(E, A, s, e):
+    """logZ of one row's span E (n, K) where -inf weights are paths that do not exist (the
+    forward recursion with a -inf-safe logsumexp; only crf_nbest needs it)."""
+    n, K = E.shape
+    a = np.empty(K, dtype=E.dtype)
+    nxt = np.empty(K, dtype=E.dtype)
+    for j in range(K):
+        a[j] = s[j] + E[0, j]
+    for t in range(1, n):
+        for j in range(K):
+            nxt[j] = _lse_plus(a, A[:, j]) + E[t, j]
+        a[:] = nxt
+    return _lse_plus(a, e)
+
+
+@njit(**_JIT)
+def _crf_nbest_kernel(paths, scores, logZ, E, starts, lengths, A, s, e):
+    """paths (B, k, T) (the caller zeroes it), scores (B, k) (the caller fills -inf), logZ (B,)."""
+    B, k = scores.shape
+    for b in range(B):
+        st, n = starts[b], lengths[b]
+        if n == 0:
+            scores[b, 0] = 0
+            logZ[b] = 0
+            continue
+        Eb = E[b, st : st + n]
+        _nbest_row(paths[b, :, st : st + n], scores[b], Eb, A, s, e, k)
+        logZ[b] = _logz_row(Eb, A, s, e)
+
+
 # ----------------------------------------------------------------------------------------
 # the ops (signatures and semantics: tagger/ops/_crf_reference.py)
 
@@ -232,6 +320,19 @@ def crf_viterbi(E, starts, lengths, A, s, e):
     return paths, scores
 
 
+def crf_nbest(E, starts, lengths, A, s, e, k):
+    """(paths (B, k, T) int64, scores (B, k), -inf for missing paths; logZ (B,)), host NumPy."""
+    starts, lengths, _ = check_crf("crf_nbest", E, starts, lengths, A, s, e)
+    k = check_k("crf_nbest", k)
+    E, A, s, e = _contiguous(E, A, s, e)
+    B, T, _ = E.shape
+    paths = np.zeros((B, k, T), dtype=np.int64)
+    scores = np.full((B, k), -np.inf, dtype=E.dtype)
+    logZ = np.zeros(B, dtype=E.dtype)
+    _crf_nbest_kernel(paths, scores, logZ, E, starts, lengths, A, s, e)
+    return paths, scores, logZ
+
+
 def _run_forward_backward(E, starts, lengths, A, s, e):
     alpha, beta, logZ = np.empty_like(E), np.empty_like(E), np.empty(E.shape[0], dtype=E.dtype)
     _forward_backward(alpha, beta, logZ, E, starts, lengths, A, s, e)
@@ -258,6 +359,7 @@ def warmup(dtypes=(np.float32, np.float64)):
         crf_nll(E, np.zeros((2, 3), dtype=np.int64), starts, lengths, *w, *(np.zeros_like(a) for a in w))
         crf_marginals(E, starts, lengths, *w)
         crf_viterbi(E, starts, lengths, *w)
+        crf_nbest(E, starts, lengths, *w, 2)
 
 
 # Bound last, on purpose: tagger/ops/cpu.py re-exports the ops above, so the two modules

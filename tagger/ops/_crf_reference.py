@@ -39,6 +39,20 @@ The ops (same signatures and the same checks, with the same messages, on every b
     crf_viterbi(E, starts, lengths, A, s, e) -> (paths (B, T) int64, scores (B,))
         both host NumPy arrays on every backend (decoding continues on the host); ties go
         to the lowest tag id, as np.argmax
+    crf_nbest(E, starts, lengths, A, s, e, k) -> (paths (B, k, T) int64, scores (B, k), logZ (B,))
+        the k best paths of each row in decreasing score, host NumPy on every backend (the
+        cuda backend copies E to the host and runs the cpu kernel: k-best lists are a
+        prediction-time extra, and K x k x T is small); a row with fewer than k paths fills
+        the rest with score -inf and path 0. Ties go to the path that is smaller read
+        backwards (last tag first), so entry 0 is crf_viterbi's path. A length-0 row has one
+        (empty) path of score 0.
+Grammar constraints (tagger/data/schemes.allowed_transitions) reach every op as weights:
+`constrained(A, s, e, allowed, fill)` puts `fill` at the forbidden entries. crf_viterbi and
+crf_nbest take fill = -inf and never return a path through a -inf entry (crf_nbest's logZ
+is then the exact constrained partition function; it alone handles -inf in logsumexp);
+crf_nll and crf_marginals take fill = FORBIDDEN (-1e4, finite so that no logsumexp meets
+-inf - -inf): a path through it weighs exp(-1e4) = 0 against any allowed path.
+
 E, A, s, e (and dA, ds, de) share one dtype, float32 or float64; y, starts, lengths are
 host or backend integer arrays. Padding never changes a result: a row's recursion runs
 over its own span only (whatever the padded emissions and labels hold, NaN included);
@@ -58,6 +72,23 @@ from tagger.errors import TaggerError
 from tagger.spans import check_spans
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FORBIDDEN = -1.0e4  # the score of a forbidden transition in crf_nll / crf_marginals
+
+
+def weight_masks(allowed):
+    """allowed = (start_ok (K,), trans_ok (K, K), end_ok (K,)) in the order of the weights
+    and their gradients: (trans_ok, start_ok, end_ok), as host bool arrays."""
+    start_ok, trans_ok, end_ok = allowed
+    return tuple(np.asarray(ok, dtype=bool) for ok in (trans_ok, start_ok, end_ok))
+
+
+def constrained(A, s, e, allowed, fill):
+    """Host copies of A (K, K), s, e (K,) with `fill` where allowed = (start_ok, trans_ok,
+    end_ok) is False; the arrays themselves when allowed is None."""
+    if allowed is None:
+        return A, s, e
+    return tuple(np.where(ok, np.asarray(w), np.asarray(w).dtype.type(fill))
+                 for w, ok in zip((A, s, e), weight_masks(allowed)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,6 +101,13 @@ def _check_float(where, name, a, shape, dtype):
             f"{where}: {name} must have shape {shape} and dtype {dtype} (those of the emissions), "
             f"got {tuple(a.shape)} {np.dtype(a.dtype)}"
         )
+
+
+def check_k(where, k):
+    """crf_nbest's k: a positive int."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TaggerError(f"{where}: k (paths per sentence) must be a positive integer, got {k!r}")
+    return int(k)
 
 
 def check_crf(where, E, starts, lengths, A, s, e, y=None, grads=None):
@@ -273,6 +311,72 @@ def crf_viterbi(E, starts, lengths, A, s, e):
     starts, lengths, _ = check_crf("crf_viterbi", E, starts, lengths, A, s, e)
     paths, scores = _viterbi_post(_to_post(np.asarray(E), starts, lengths), lengths, A, s, e)
     return _from_post(paths, starts, lengths), scores
+
+
+def _nbest_row(E, A, s, e, k):
+    """The m <= k best paths (m, n) of one row's span E (n, K), n >= 1, and their scores (m,).
+
+    delta[j, r] is the r-th best score of a path over steps 0..t ending in tag j (-inf:
+    none); back[t, j, r] = (tag, rank) at step t-1 of that path. Candidates for (t, j) are
+    numbered c = i * k + r; a stable sort keeps equal scores in that order, which makes ties
+    go to the path smaller read backwards (see the module docstring)."""
+    n, K = E.shape
+    delta = np.full((K, k), -np.inf, dtype=E.dtype)
+    delta[:, 0] = s + E[0]
+    back = np.zeros((n, K, k), dtype=np.int64)  # c = i * k + r
+    for t in range(1, n):
+        cand = (delta[:, :, None] + A[:, None, :]).reshape(K * k, K)  # (c, j)
+        order = np.argsort(-cand, axis=0, kind="stable")[:k]  # (k, K)
+        delta = (np.take_along_axis(cand, order, axis=0) + E[t][None, :]).T
+        back[t] = order.T
+    final = (delta + e[:, None]).reshape(K * k)
+    order = [c for c in np.argsort(-final, kind="stable")[:k] if np.isfinite(final[c])]
+    paths = np.zeros((len(order), n), dtype=np.int64)
+    for m, c in enumerate(order):
+        j, r = divmod(int(c), k)
+        paths[m, n - 1] = j
+        for t in range(n - 1, 0, -1):
+            j, r = divmod(int(back[t, j, r]), k)
+            paths[m, t - 1] = j
+    return paths, final[order]
+
+
+def _logz_row(E, A, s, e):
+    """log sum over the paths of one row's span E (n, K) of exp(score); -inf entries of the
+    weights are paths that do not exist (a tag no path reaches has alpha -inf)."""
+    def lse(x, axis):
+        m = x.max(axis=axis)
+        shift = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            return shift + np.log(np.exp(x - np.expand_dims(shift, axis)).sum(axis=axis))
+
+    a = s + E[0]
+    for t in range(1, E.shape[0]):
+        a = lse(a[:, None] + A, axis=0) + E[t]
+    return lse(a + e, axis=0)
+
+
+def crf_nbest(E, starts, lengths, A, s, e, k):
+    """The k best paths (B, k, T) int64 (0 at padded steps and for missing paths), their
+    scores (B, k) (-inf: missing) and logZ (B,), host NumPy: p(path) = exp(score - logZ)."""
+    starts, lengths, _ = check_crf("crf_nbest", E, starts, lengths, A, s, e)
+    k = check_k("crf_nbest", k)
+    E = np.asarray(E)
+    B, T, K = E.shape
+    paths = np.zeros((B, k, T), dtype=np.int64)
+    scores = np.full((B, k), -np.inf, dtype=E.dtype)
+    logZ = np.zeros(B, dtype=E.dtype)
+    for b in range(B):
+        st, n = int(starts[b]), int(lengths[b])
+        if n == 0:
+            scores[b, 0] = 0
+            continue
+        Eb = E[b, st : st + n]
+        p, sc = _nbest_row(Eb, A, s, e, k)
+        paths[b, : len(p), st : st + n] = p
+        scores[b, : len(sc)] = sc
+        logZ[b] = _logz_row(Eb, A, s, e)
+    return paths, scores, logZ
 
 
 # the pieces, for tests that check them against brute-force enumeration

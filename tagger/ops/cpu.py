@@ -1291,5 +1291,5 @@ def warmup(dtypes=(np.float32, np.float64)):
         sum_of_squares(g, rows)
 
 
-from tagger.ops._crf_cpu import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)
+from tagger.ops._crf_cpu import crf_marginals, crf_nbest, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)
 from tagger.ops._conv_cpu import conv1d_backward, conv1d_forward  # noqa: E402,F401  (issue 10: the char CNN)

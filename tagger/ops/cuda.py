@@ -880,6 +880,16 @@ def crf_viterbi(E, starts, lengths, A, s, e):
     return paths.copy_to_host(), scores.copy_to_host()
 
 
+def crf_nbest(E, starts, lengths, A, s, e, k):
+    """(paths (B, k, T), scores (B, k), logZ (B,)) host NumPy: on the host, by the cpu
+    kernel over host copies of E and the weights. n-best lists are a prediction-time extra
+    whose B x T x K x k work is small next to the network's; its sort-heavy selection would
+    gain little from one block per sentence."""
+    from tagger.ops import _crf_cpu
+
+    return _crf_cpu.crf_nbest(*(to_numpy(a) for a in (E, starts, lengths, A, s, e)), k)
+
+
 # Bound last, on purpose: tagger/ops/cuda.py re-exports the ops above, so the two modules
 # import each other; importing cuda here, at the end, lets either be imported first (the
 # ops only look C up when called).

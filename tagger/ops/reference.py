@@ -616,5 +616,5 @@ def zeros(shape, dtype=np.float32):
     return np.zeros(shape, dtype=dtype)
 
 
-from tagger.ops._crf_reference import crf_marginals, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)
+from tagger.ops._crf_reference import crf_marginals, crf_nbest, crf_nll, crf_viterbi  # noqa: E402,F401  (the CRF ops)
 from tagger.ops._conv_reference import conv1d_backward, conv1d_forward  # noqa: E402,F401  (issue 10: the char CNN)

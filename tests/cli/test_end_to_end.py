@@ -208,6 +208,15 @@ def test_ner_with_a_crf_output_layer(cli, tmp_path):
         assert all(t == "O" or t[:2] in ("B-", "I-") for t in r["tags"])  # the data scheme (BIO) comes back
         for span in r["spans"]:
             assert r["text"][span["start"] : span["end"]] == span["text"]
+        # decoded within the BIOES grammar, so the BIO that comes back is strict: I-X follows B-X / I-X
+        assert all(t[:2] != "I-" or prev[2:] == t[2:] != "" for prev, t in zip(["O"] + r["tags"], r["tags"]))
+    cli("predict", tmp_path / "m", src, "-o", tmp_path / "n", "--nbest", "3")
+    listed = [json.loads(l) for l in (tmp_path / "n" / "in.txt.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "nbest"} for r in listed] == records
+    for r in listed:
+        assert r["nbest"][0]["tags"] == r["tags"] and 1 <= len(r["nbest"]) <= 3
+        scores = [c["score"] for c in r["nbest"]]
+        assert scores == sorted(scores, reverse=True) and all(0 < c["probability"] <= 1 for c in r["nbest"])
 
 
 def test_summary_init_config_debug_data(cli, tmp_path, trained_pos):

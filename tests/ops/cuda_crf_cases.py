@@ -136,3 +136,42 @@ def test_crf_layer_keeps_everything_on_the_device():
     assert isinstance(dev[3], np.ndarray) and isinstance(dev[4], np.ndarray)
     np.testing.assert_array_equal(dev[3], ref[3])
     np.testing.assert_allclose(dev[4], ref[4], **TOL[np.float64])
+
+
+@pytest.mark.parametrize("scheme", ["bio", "bioes"])
+def test_the_crf_layer_within_a_grammar_on_the_device(scheme):
+    """Constrained decode, marginals, nll (forbidden gradients exactly 0, in place in the
+    device buffers) and n-best lists (host k-best from the device emissions) on cuda equal
+    the reference's, which tests/layers/test_crf_grammar.py checks against enumeration."""
+    from tagger.data.schemes import allowed_transitions
+    from tagger.layers import CRF
+    from tagger.ops._crf_reference import weight_masks
+
+    tags = {"bio": ["O", "B-X", "I-X"], "bioes": ["O", "B-X", "I-X", "E-X", "S-X"]}[scheme]
+    K = len(tags)
+    allowed = allowed_transitions(tags, scheme)
+    E, y, sp, A, s, e = case(seed=7, B=3, T=4, K=K, lengths=(4, 1, 3), padding="mid")
+    y[:] = 0  # all O: a gold path within every grammar
+    out = {}
+    for backend in ("reference", "cuda"):
+        layer = CRF(K, dtype=np.float64, ops=backend)
+        layer.ensure_built((None, None, K))
+        layer.set_weights([A * 3, s * 3, e * 3])
+        ops = layer.ops
+        loss, dE = layer.loss(ops.asarray(E), y, sp, allowed)
+        if backend == "cuda":
+            assert C._is_device(dE) and all(C._is_device(g) for g in layer.grads)
+        out[backend] = (loss, ops.to_numpy(dE), [ops.to_numpy(g) for g in layer.grads], layer.decode(E, sp, allowed),
+                        layer.marginals(E, sp, allowed), layer.nbest(ops.asarray(E), sp, 4, allowed))
+    ref, dev = out["reference"], out["cuda"]
+    assert dev[0] == pytest.approx(ref[0], rel=1e-10)
+    np.testing.assert_allclose(dev[1], ref[1], **TOL[np.float64])
+    for g, want, ok in zip(dev[2], ref[2], weight_masks(allowed)):
+        np.testing.assert_allclose(g, want, **TOL[np.float64])
+        assert (g[~ok] == 0).all()
+    np.testing.assert_array_equal(dev[3], ref[3])
+    np.testing.assert_allclose(dev[4], ref[4], **TOL[np.float64])
+    np.testing.assert_array_equal(dev[5][0], ref[5][0])
+    for a, b in zip(dev[5][1:], ref[5][1:]):
+        np.testing.assert_allclose(a, b, **TOL[np.float64])
+    np.testing.assert_array_equal(dev[5][0][:, 0], dev[3])  # the 1-best of the list is Viterbi's

@@ -16,7 +16,7 @@ from tagger.ops import cuda as C
 from tests.ops import test_cuda
 
 BACKENDS = ("reference", "cpu", "cuda")
-CRF_OPS = ("crf_nll", "crf_marginals", "crf_viterbi")
+CRF_OPS = ("crf_nll", "crf_marginals", "crf_viterbi", "crf_nbest")
 CRF_KERNELS = ("crf_fb", "crf_grad", "crf_reduce", "crf_marg", "crf_viterbi")
 CRF_VARIANTS = [(n, d) for n, d in P.all_variants() if n in CRF_KERNELS]
 
@@ -32,13 +32,15 @@ def good(B=2, T=3, K=3):
     rng = np.random.default_rng(0)
     A, s, e = rng.normal(size=(K, K)), rng.normal(size=K), rng.normal(size=K)
     return dict(E=rng.normal(size=(B, T, K)), y=np.zeros((B, T), dtype=np.int64), starts=np.array([0, 1]),
-                lengths=np.array([3, 2]), A=A, s=s, e=e, dA=np.zeros((K, K)), ds=np.zeros(K), de=np.zeros(K))
+                lengths=np.array([3, 2]), A=A, s=s, e=e, dA=np.zeros((K, K)), ds=np.zeros(K), de=np.zeros(K), k=2)
 
 
 def call(ops, name, a):
     spans = (a["starts"], a["lengths"], a["A"], a["s"], a["e"])
     if name == "crf_nll":
         return ops.crf_nll(a["E"], a["y"], *spans, a["dA"], a["ds"], a["de"])
+    if name == "crf_nbest":
+        return ops.crf_nbest(a["E"], *spans, a["k"])
     return getattr(ops, name)(a["E"], *spans)
 
 
@@ -63,12 +65,17 @@ BAD_NLL = {
     "y too big": (dict(y=np.array([[0, 1, 3], [0, 0, 0]])), r"labels must lie in 0\.\.2"),
     "y negative": (dict(y=np.array([[0, 0, 0], [0, -1, 0]])), r"labels must lie in 0\.\.2"),
 }
-CASES = [(op, k) for op in CRF_OPS for k in BAD] + [("crf_nll", k) for k in BAD_NLL]
+BAD_NBEST = {
+    "k zero": (dict(k=0), r"k \(paths per sentence\) must be a positive integer, got 0"),
+    "k float": (dict(k=2.0), "must be a positive integer, got 2.0"),
+}
+CASES = ([(op, k) for op in CRF_OPS for k in BAD] + [("crf_nll", k) for k in BAD_NLL]
+         + [("crf_nbest", k) for k in BAD_NBEST])
 
 
 @pytest.mark.parametrize("name,bad", CASES, ids=[f"{op}-{k}" for op, k in CASES])
 def test_bad_input_gives_the_same_one_line_error_on_every_backend(name, bad):
-    change, fragment = {**BAD, **BAD_NLL}[bad]
+    change, fragment = {**BAD, **BAD_NLL, **BAD_NBEST}[bad]
     args = {**good(), **change}
     messages = set()
     for backend in BACKENDS:  # cuda checks on the host before touching a device: runs anywhere
@@ -94,11 +101,12 @@ def test_every_cpu_kernel_is_cached():
     from numba.core.caching import NullCache
 
     kernels = _crf_cpu._dispatchers()
-    assert len(kernels) == 6, sorted(kernels)
+    assert len(kernels) == 10, sorted(kernels)
     for name, disp in kernels.items():
         assert not isinstance(disp._cache, NullCache), f"{name} lacks cache=True"
     _crf_cpu.warmup()  # compiles (or loads) the entry kernels for float32 and float64
-    for name in ("_forward_backward", "_crf_nll_kernel", "_crf_marginals_kernel", "_crf_viterbi_kernel"):
+    for name in ("_forward_backward", "_crf_nll_kernel", "_crf_marginals_kernel", "_crf_viterbi_kernel",
+                 "_crf_nbest_kernel"):
         assert len(kernels[name].signatures) >= 2, name
 
 
