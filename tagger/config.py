@@ -118,8 +118,9 @@ class VocabConfig(Section):
     max_size: int | None = Field(None, ge=1, description="keep at most this many words (besides [PAD], [UNK])")
     lowercase: bool = Field(False, description="lower-case words before lookup")
     unknown_classes: bool = Field(
-        True,
-        description="unknown words map to a shape class ([UNK-Cap], [UNK-NUM], [UNK-lower-ing] ...) instead of one [UNK]",
+        False,
+        description="unknown words map to a shape class ([UNK-Cap], [UNK-NUM], [UNK-lower-ing] ...) instead of one "
+                    "[UNK]; the suffix classes are English, so this is off unless a config turns it on",
     )
     char_min_freq: int = Field(
         1, ge=1, description="model.chars: keep characters seen at least this often in train (rarer ones read as [UNK])"
