@@ -29,6 +29,7 @@ from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
 from tagger.layers import (CRF, LSTM, Bidirectional, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential)
+from tagger import streaming
 from tagger.tasks import Task, crf_of, head_spec, make_task
 
 POOLING_LAYERS = {"max": GlobalMaxPooling1D, "mean": GlobalAveragePooling1D}
@@ -178,14 +179,18 @@ class Model:
 
         tag: a list of tags and a list of per-tag probabilities; classify: a label and its
         probability. Empty sentences get empty predictions (tag) or are refused (classify).
+        One longer than streaming.THRESHOLD tokens is predicted blockwise (tagger/streaming.py).
         """
         examples = list(examples)
         out: list = [None] * len(examples)
         nonempty = [k for k, ex in enumerate(examples) if len(ex.tokens)]
         for k in sorted(set(range(len(examples))) - set(nonempty)):
             out[k] = self.labeller.empty_prediction(examples[k])
+        for k in [k for k in nonempty if streaming.is_long(examples[k])]:  # blockwise, alone
+            out[k] = streaming.predict_long(self, examples[k])
+        nonempty = [k for k in nonempty if out[k] is None]
         kept = [examples[k] for k in nonempty]
-        for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False):
+        for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False) if kept else ():
             scores, _ = self.forward(batch, train=False)
             for pos, pred in zip(batch.index, self.labeller.decode(scores, batch, self.network)):
                 out[nonempty[int(pos)]] = pred
