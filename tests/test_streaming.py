@@ -174,22 +174,36 @@ def test_an_unknown_layer_is_predicted_whole_but_alone(small_blocks, monkeypatch
 
 
 def test_predict_writes_byte_identical_output_for_long_lines(tmp_path, small_blocks, monkeypatch, cli_run):
+    """Blockwise or whole, and in chunks of a line or of 2048: the same bytes, for text and
+    pre-tokenized input."""
+    from tagger import predict
     from tagger.io import save_model
 
+    text = tmp_path / "long.txt"
+    lines = [" ".join(sentence(n, seed).tokens) for seed, n in enumerate((60, 4, 0, 33, 2))]
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     for name, model in (("softmax", make_model("cpu", layers=2, scheme="bio")), ("crf", make_model("cpu", crf=True, scheme="bio"))):
         save_model(model, tmp_path / name)
-        text = tmp_path / "long.txt"
-        lines = [" ".join(sentence(n, seed).tokens) for seed, n in enumerate((60, 4, 0, 33))]
-        text.write_text("\n".join(lines) + "\n", encoding="utf-8")
         outputs = {}
-        for threshold in (7, 10**9):
+        for threshold, chunk_chars in ((7, 50), (7, 1 << 20), (10**9, 1 << 20)):
             monkeypatch.setattr(streaming, "THRESHOLD", threshold)
-            for fmt in ("jsonl", "conll"):
-                outputs[threshold, fmt] = cli_run("predict", tmp_path / name, text, "--format", fmt)
-        for fmt in ("jsonl", "conll"):
-            assert outputs[7, fmt] == outputs[10**9, fmt]
-        records = [json.loads(line) for line in outputs[7, "jsonl"].splitlines()]
-        assert [len(r["tokens"]) for r in records] == [60, 4, 33]
+            monkeypatch.setattr(predict, "CHUNK_CHARS", chunk_chars)
+            for fmt, kind in (("jsonl", "text"), ("conll", "text"), ("jsonl", "tokens")):
+                outputs[threshold, chunk_chars, fmt, kind] = cli_run("predict", tmp_path / name, text, "-f", fmt, "-i", kind)
+        for key in outputs:
+            assert outputs[key] == outputs[(10**9, 1 << 20, *key[2:])], key
+        records = [json.loads(line) for line in outputs[7, 50, "jsonl", "text"].splitlines()]
+        assert [len(r["tokens"]) for r in records] == [60, 4, 33, 2]
+
+
+def test_chunks_close_at_the_character_budget(monkeypatch):
+    from tagger import predict
+
+    monkeypatch.setattr(predict, "CHUNK_CHARS", 100)
+    lines = [(k, "x" * n if n else "  ") for k, n in enumerate((30, 0, 50, 40, 200, 10, 10))]
+    assert [[k for k, _ in chunk] for chunk in predict._chunks(lines)] == [[0, 2, 3], [4], [5, 6]]
+    monkeypatch.setattr(predict, "CHUNK_LINES", 2)
+    assert [[k for k, _ in chunk] for chunk in predict._chunks(lines)] == [[0, 2], [3, 4], [5, 6]]
 
 
 @pytest.fixture
