@@ -33,6 +33,7 @@ from tagger.data.prepare import examples_from_texts
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab, WordVocab
 from tagger.errors import TaggerError
+from tagger import streaming
 from tagger.layers import (CRF, LSTM, Bidirectional, CharEncoder, Dense, Dropout, Embedding, GlobalAveragePooling1D,
                            GlobalMaxPooling1D, Sequential, WordFeatures, WordInputs)
 from tagger.tasks import Task, crf_of, head_spec, make_task
@@ -208,12 +209,16 @@ class Model:
         """(scores (B, T, K) or (B, C) on the backend, backprop): every network call goes here.
         The host ids and the batch's spans go in as they are (the Embedding moves the ids);
         with model.chars the ids, char ids and char lengths go in together (WordInputs)."""
-        x = batch.ids
-        if self.chars is not None:
-            if batch.chars is None:
-                raise TaggerError("this model reads characters (model.chars) but the batch has none; build batches with Model.batches")
-            x = WordInputs(batch.ids, batch.chars, batch.char_lengths)
-        return self.network.forward(x, batch.spans, train=train)
+        return self.network.forward(self.network_input(batch), batch.spans, train=train)
+
+    def network_input(self, batch: PaddedBatch):
+        """What the network reads from a batch: the host ids (B, T), or with model.chars a
+        WordInputs of the ids, char ids and char lengths."""
+        if self.chars is None:
+            return batch.ids
+        if batch.chars is None:
+            raise TaggerError("this model reads characters (model.chars) but the batch has none; build batches with Model.batches")
+        return WordInputs(batch.ids, batch.chars, batch.char_lengths)
 
     def train_step(self, batch: PaddedBatch) -> float:
         """Forward + backward on one batch; gradients accumulate in the network. Returns the loss."""
@@ -235,6 +240,8 @@ class Model:
         probability. Empty sentences get empty predictions (tag) or are refused (classify).
         nbest=k (a CRF model): (tags, probs, [(tags, score, probability)] the k best
         sequences, best first), from the same forward pass (TagTask.decode_nbest).
+        A sentence longer than streaming.THRESHOLD tokens is predicted alone, blockwise when
+        the network allows it (tagger/streaming.py; not with nbest).
         """
         examples = list(examples)
         empty, decode = self.labeller.empty_prediction, self.labeller.decode
@@ -245,8 +252,12 @@ class Model:
         nonempty = [k for k, ex in enumerate(examples) if len(ex.tokens)]
         for k in sorted(set(range(len(examples))) - set(nonempty)):
             out[k] = empty(examples[k])
+        if nbest is None:
+            for k in [k for k in nonempty if streaming.is_long(examples[k])]:  # blockwise, alone
+                out[k] = streaming.predict_long(self, examples[k])
+            nonempty = [k for k in nonempty if out[k] is None]
         kept = [examples[k] for k in nonempty]
-        for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False):
+        for batch in self.batches(kept, batch_size, unit="sentences", with_labels=False) if kept else ():
             scores, _ = self.forward(batch, train=False)
             for pos, pred in zip(batch.index, decode(scores, batch, self.network)):
                 out[nonempty[int(pos)]] = pred

@@ -2,8 +2,9 @@
 
 Input: text files (or folders of them), one sentence (tagging) or one text
 (classification) per line; blank lines are boundaries and produce no record. Lines are
-read and predicted in chunks, so memory stays constant however large the file; a very
-long line is predicted whole, never cut.
+read and predicted in chunks of lines (and of at most ~1M characters), so memory stays
+constant however large the file; a very long line is predicted whole, never cut (a
+sentence over streaming.THRESHOLD tokens blockwise, in memory linear in its length).
 
 What a record holds and how it is written per format is the task's
 (`tagger.tasks`); this module reads the inputs and writes the outputs.
@@ -60,19 +61,15 @@ SUFFIX = {"jsonl": ".jsonl", "conll": ".conll", "tsv": ".tsv", "conllu": ".conll
 INPUT_FORMATS = ("text", "tokens", "conll", "conllu")
 COLUMN_INPUTS = ("conll", "conllu")
 CHUNK_LINES = 2048
+# and at most about this much text per chunk (characters; a pre-tokenized token counts 4):
+# a chunk's examples and records live until it is written, ~100 bytes per character for
+# a long line, so lines of megabytes go one at a time, not CHUNK_LINES at a time
+CHUNK_CHARS = 1 << 20
 
 
 def _chunks(lines: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
-    """The non-blank (line number, line) pairs of `lines`, CHUNK_LINES at a time."""
-    chunk = []
-    for lineno, line in lines:
-        if line.strip():
-            chunk.append((lineno, line))
-        if len(chunk) >= CHUNK_LINES:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    """The non-blank (line number, line) pairs of `lines`, CHUNK_LINES (or CHUNK_CHARS) at a time."""
+    return _batched(((k, line) for k, line in lines if line.strip()), CHUNK_LINES, lambda item: len(item[1]))
 
 
 def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, batch_size=256,
@@ -307,7 +304,7 @@ def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding
     field = label_field(model) if fmt == "conllu" else None
     record = task.record if nbest is None else task.record_nbest
     n = 0
-    for chunk in _batched(items, CHUNK_LINES):
+    for chunk in _batched(items, CHUNK_LINES, lambda item: 4 * len(item[1].tokens)):
         preds = model.predict_examples([ex for _, ex in chunk], batch_size=batch_size, nbest=nbest)
         for (lineno, ex), pred in zip(chunk, preds):
             text = format_rows(ex, pred[0], fmt, field) if rows else task.format_record(record(ex, pred), lineno, fmt)
@@ -316,13 +313,15 @@ def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding
     return n
 
 
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
+def _batched(items: Iterable, size: int, weight) -> Iterator[list]:
+    """Consecutive items, `size` at a time or fewer once their weight(item) reaches CHUNK_CHARS."""
+    chunk, total = [], 0
     for item in items:
         chunk.append(item)
-        if len(chunk) >= size:
+        total += weight(item)
+        if len(chunk) >= size or total >= CHUNK_CHARS:
             yield chunk
-            chunk = []
+            chunk, total = [], 0
     if chunk:
         yield chunk
 

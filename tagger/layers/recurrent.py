@@ -364,20 +364,29 @@ class Bidirectional(Layer):
         of multiplying every token's vector (a third of the forward's arithmetic).
         Only for backends with lstm_forward_ids; equal to forward(embedding(ids)) otherwise."""
         ops = self.ops
+        (Yf, hf, _, _), (Yb, hb, _, _) = ops.lstm_forward_ids_pair(*self.ids_op_args(embedding, ids, spans))
+        if self.return_sequences:
+            return ops.merge_forward(Yf, Yb, self.merge_mode)
+        return ops.merge_forward(hf, hb, self.merge_mode)
+
+    def ids_op_args(self, embedding, ids, spans, initial_state=None):
+        """(forward, backward) arguments of ops.lstm_forward_ids for infer_from_ids: the
+        tables (built once per weight version), ids (B, T), the spans and the initial
+        states [h_fw, c_fw, h_bw, c_bw] (or None: zeros; tagger.streaming carries them
+        from block to block)."""
+        ops = self.ops
         starts, lengths = spans_of(spans, ids.shape)
+        states = (None, None, None, None) if initial_state is None else tuple(initial_state)
         args = []
-        for lstm in (self.forward_layer, self.backward_layer):
+        for lstm, (h0, c0) in zip((self.forward_layer, self.backward_layer), (states[:2], states[2:])):
             key = (id(embedding), embedding.version, lstm.version)
             if getattr(lstm, "_projection_key", None) != key:
                 lstm._projection = ops.lstm_input_table(embedding.params[0], lstm.params[0])
                 lstm._projection_key = key
             (_, recurrent, bias), _ = lstm._weights_for_ops()
             args.append((lstm._projection, ids, recurrent, bias, starts, lengths, lstm.go_backwards,
-                         lstm.activation, lstm.recurrent_activation))
-        (Yf, hf, _, _), (Yb, hb, _, _) = ops.lstm_forward_ids_pair(args[0], args[1])
-        if self.return_sequences:
-            return ops.merge_forward(Yf, Yb, self.merge_mode)
-        return ops.merge_forward(hf, hb, self.merge_mode)
+                         lstm.activation, lstm.recurrent_activation, h0, c0))
+        return args[0], args[1]
 
 
 def _check_directions(fw, bw):

@@ -66,7 +66,7 @@ def check_shape(where, name, a, expected, legend):
 
 
 def check_last_axis(where, name, a, n, legend, what):
-    if len(a.shape) < 1 or int(a.shape[-1]) != n:
+    if len(shape_of(a)) < 1 or shape_of(a)[-1] != n:
         raise TaggerError(f"{where}: {name} has shape {shape_of(a)}, expected {legend}, {what} = {n}")
 
 
@@ -271,7 +271,7 @@ def check_activation_backward(dY, Y, name, where="activation_backward"):
 
 def check_softmax(logits, where="softmax"):
     check_floats(where, logits=logits)
-    if len(logits.shape) < 1 or int(logits.shape[-1]) < 1:
+    if len(shape_of(logits)) < 1 or shape_of(logits)[-1] < 1:
         raise TaggerError(f"{where}: logits must have a last axis of K >= 1 classes, got shape {shape_of(logits)}")
 
 
@@ -284,7 +284,7 @@ def check_softmax_xent(logits, labels, mask, where="softmax_xent"):
     check_shape(where, "labels", labels, lead, "logits.shape[:-1]")
     mask = check_mask(where, "mask", mask, lead, "logits.shape[:-1]")
     counted = labels if mask is None else labels[mask.astype(bool)]
-    check_range(where, "labels", counted, int(logits.shape[-1]), "the classes of logits")
+    check_range(where, "labels", counted, shape_of(logits)[-1], "the classes of logits")
     return labels, mask
 
 
@@ -297,7 +297,7 @@ def check_merge_forward(Yf, Yb, mode, where="merge_forward"):
 def check_merge_backward(dY, Yf, Yb, mode, where="merge_backward"):
     check_merge_forward(Yf, Yb, mode, where)
     check_floats(where, Yf=Yf, dY=dY)
-    lead, H = shape_of(Yf)[:-1], int(Yf.shape[-1])
+    lead, H = shape_of(Yf)[:-1], shape_of(Yf)[-1]
     if mode == "concat":
         check_shape(where, "dY", dY, lead + (2 * H,), "Yf.shape[:-1] + (2H,)")
     else:
