@@ -169,7 +169,7 @@ class Model:
 
     def probabilities(self, batch: PaddedBatch) -> np.ndarray:
         """Softmax scores (B, T, K) or (B, C) as NumPy, rows in batch order; with a CRF,
-        the per-token tag marginals (0 at padded steps)."""
+        the per-token tag marginals; per token, 0 at padded steps."""
         scores, _ = self.forward(batch, train=False)
         return self.labeller.head.decode(scores, batch, self.network)[1]
 
@@ -195,7 +195,7 @@ class Model:
         """Raw texts -> one record each: tokens, offsets, tags, probs, spans (tag) or
         text, label, probability (classify)."""
         examples = examples_from_texts(list(texts))
-        return [self.labeller.record(ex, pred) for ex, pred in zip(examples, self.predict_examples(examples))]
+        return self.labeller.records(examples, self.predict_examples(examples))
 
     def evaluate(self, examples: Sequence[Example], batch_size=256) -> dict:
         """The task's scores on labelled examples; `score` is what early stopping watches."""
