@@ -123,6 +123,10 @@ def test_word_ids_are_the_tokenizers_whatever_the_cache_holds():
     assert words.encode_batch(sentences) == want  # from the cache this time
     words.ID_CACHE_SIZE = 3  # overflowing the bound clears it and still gives the same ids
     assert words.encode_batch(sentences) == want
+    words._id_cache.clear()
+    assert words.encode_batch(sentences[:1]) == want[:1]
+    # seen and unseen words in one batch past the bound: the seen ones are looked up again
+    assert words.encode_batch(sentences) == want and len(words._id_cache) <= len({w for s in sentences for w in s})
 
 
 @pytest.mark.parametrize("name", sorted(SETUPS) + ["crf"])
