@@ -8,6 +8,10 @@ the per-batch rates). Two measurements per thread count:
                 format the records (tagger.predict.predict_chunk, jsonl)
     model_only  the network's forward pass over the same, already encoded, batches
 
+and end_to_end_fraction, model-only time over end-to-end time (1.0: no overhead at
+all), from wall time and from the process's CPU time (which load from other processes
+on a shared machine does not inflate)
+
 at 1 thread and at N (--threads, default every core this process may use). One JSON
 document on stdout; a line per measurement on stderr.
 """
@@ -56,10 +60,11 @@ def text_batches(path: Path, encoding: str, lines_per_batch: int, batches: int) 
     return [cycled[i : i + lines_per_batch] for i in range(0, need, lines_per_batch)]
 
 
-def _seconds(fn, item) -> float:
-    start = time.perf_counter()
+def _seconds(fn, item) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of fn(item)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn(item)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _encoded(model, chunk, batch_size: int) -> tuple[int, list]:
@@ -105,9 +110,13 @@ def measure(model, chunks, batch_size: int) -> dict:
         e2e.append(_seconds(end_to_end, chunk))
         if not k % 2:
             only.append(_seconds(forward, batches))
+    (e2e, e2e_cpu), (only, only_cpu) = zip(*e2e), zip(*only)
     result = {"end_to_end": bootstrap_interval([w / t for w, t in zip(words[1:], e2e)]),
               "model_only": bootstrap_interval([w / t for w, t in zip(words[1:], only)])}
     result["end_to_end_fraction"] = round(sum(only) / sum(e2e), 3)
+    # the same from CPU time, which other processes' load does not inflate (at N threads:
+    # the CPU both spend, not their wall time)
+    result["end_to_end_fraction_cpu"] = round(sum(only_cpu) / max(sum(e2e_cpu), 1e-9), 3)
     return result
 
 
@@ -115,7 +124,8 @@ def _describe(threads: int, result: dict) -> str:
     e, m = result["end_to_end"], result["model_only"]
     return (f"threads {threads}: end to end {e['mean']:,.0f} words/s [{e['low']:,.0f}, {e['high']:,.0f}], "
             f"model only {m['mean']:,.0f} [{m['low']:,.0f}, {m['high']:,.0f}] "
-            f"(end to end = {result['end_to_end_fraction']:.2f} of model-only time)")
+            f"(end to end = {result['end_to_end_fraction']:.2f} of model-only time, "
+            f"{result['end_to_end_fraction_cpu']:.2f} of its CPU time)")
 
 
 @benchmark_app.command("speed")
