@@ -27,7 +27,8 @@ from itertools import chain
 
 import numpy as np
 
-# what `tagger predict` keeps of each probability: round(p, PROB_DECIMALS)
+# what `tagger predict` keeps of each probability: round(p, PROB_DECIMALS) (json_prob_lists'
+# digit tables are made for these 6)
 PROB_DECIMALS = 6
 _SCALE = 10.0**PROB_DECIMALS
 

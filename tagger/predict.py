@@ -26,7 +26,8 @@ tagger/sharding.py and docs/cluster.md.
 Formats:
     jsonl  one JSON object per non-blank line: line, text, tokens, offsets (character
            [start, end) into the line), tags, probs, spans (type, start, end, text,
-           token_start, token_end) - or for classification: line, text, label, probability
+           token_start, token_end) - or for classification: line, text, label, probability;
+           probabilities rounded to 6 places, a NaN or infinite one written null
     conll  token<TAB>tag per line, a blank line after each sentence (classification: as tsv)
     tsv    one row per line: line number, then the tokens and tags space-joined
            (classification: line number, label, probability, text)
