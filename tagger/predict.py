@@ -97,17 +97,23 @@ def predict_chunk(model, chunk: list[tuple[int, str]], source: str, fmt: str, ba
     """(formatted record, its token count) for each (line number, text) of a chunk: the
     chunk is split, encoded and predicted as batches, then its records are made and
     formatted a chunk at a time (tasks.records, tasks.format_records)."""
+    with cyclic_gc_paused():
+        # in a function of its own, so that its objects are freed before the collector is
+        # back on (a collector turned on among them would traverse them all at once)
+        return _predict_chunk(model, chunk, source, fmt, batch_size)
+
+
+def _predict_chunk(model, chunk, source, fmt, batch_size) -> list[tuple[str, int]]:
     task = model.labeller
     lines = [lineno for lineno, _ in chunk]
-    with cyclic_gc_paused():
-        examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k in lines])
-        heads = task.jsonl_heads(examples, lines) if fmt == "jsonl" else None  # before the model runs
-        preds = model.predict_examples(examples, batch_size=batch_size)
-        if heads is not None:
-            texts = task.jsonl_lines(heads, examples, preds)
-        else:
-            texts = task.format_records(task.records(examples, preds), lines, fmt)
-        return [(text, len(ex.tokens)) for text, ex in zip(texts, examples)]
+    examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k in lines])
+    heads = task.jsonl_heads(examples, lines) if fmt == "jsonl" else None  # before the model runs
+    preds = model.predict_examples(examples, batch_size=batch_size)
+    if heads is not None:
+        texts = task.jsonl_lines(heads, examples, preds)
+    else:
+        texts = task.format_records(task.records(examples, preds), lines, fmt)
+    return [(text, len(ex.tokens)) for text, ex in zip(texts, examples)]
 
 
 def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256) -> int:
