@@ -229,7 +229,7 @@ class Model:
 
     def probabilities(self, batch: PaddedBatch) -> np.ndarray:
         """Softmax scores (B, T, K) or (B, C) as NumPy, rows in batch order; with a CRF,
-        the per-token tag marginals (0 at padded steps)."""
+        the per-token tag marginals; per token, 0 at padded steps."""
         scores, _ = self.forward(batch, train=False)
         return self.labeller.head.decode(scores, batch, self.network)[1]
 
@@ -275,8 +275,10 @@ class Model:
         text, label, probability (classify). nbest=k (a CRF model): also "nbest", the k
         best tag sequences [{tags, score, probability}], best first."""
         examples = examples_from_texts(list(texts))
-        record = self.labeller.record if nbest is None else self.labeller.record_nbest
-        return [record(ex, pred) for ex, pred in zip(examples, self.predict_examples(examples, nbest=nbest))]
+        preds = self.predict_examples(examples, nbest=nbest)
+        if nbest is None:
+            return self.labeller.records(examples, preds)
+        return [self.labeller.record_nbest(ex, pred) for ex, pred in zip(examples, preds)]
 
     def evaluate(self, examples: Sequence[Example], batch_size=256, nbest: int | None = None) -> dict:
         """The task's scores on labelled examples; `score` is what early stopping watches.

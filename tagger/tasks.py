@@ -10,8 +10,10 @@ module asks which task it is running:
     head        what the network ends with (`head_spec`: sequences out of the last BiLSTM,
                 pooling, CRF) and the output layer's loss and decoding (`SoftmaxHead`,
                 `CRFHead`)
-    predict     per batch row -> (tags, probs) | (label, probability); an empty input
-    record      what `tagger predict` writes per example, and its conll/tsv line
+    predict     per batch -> one (tags, probs) | (label, probability) per row; an empty input
+    record      what `tagger predict` writes per example: the example's fields, then the
+                prediction's (probabilities rounded to tagger.jsonl.PROB_DECIMALS); its
+                jsonl / conll / tsv line, a chunk of records at a time
     score       token accuracy + per-class report + conlleval spans (tag, span schemes);
                 accuracy + per-class report (classify)
     n-best      tag with a CRF: the k best tag sequences per sentence (decode_nbest,
@@ -27,7 +29,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-import json
 
 import numpy as np
 
@@ -35,8 +36,11 @@ from tagger.data.schemes import allowed_transitions, convert, from_spans, spans 
 from tagger.data.types import Example
 from tagger.data.vocab import LabelVocab
 from tagger.errors import TaggerError
+from tagger.jsonl import (json_prob_lists, json_string_values, json_values, jsonl_close, jsonl_open, rounded_rows,
+                          split_rows)
 from tagger.layers import CRF
 from tagger.metrics import classification_report, conlleval_text, oracle_choice, span_scores, token_accuracy
+from tagger.spans import Spans
 
 
 def train_scheme(data_config) -> str:
@@ -75,10 +79,22 @@ class SoftmaxHead:
         return ops.softmax_xent(scores, ops.asarray(batch.labels), batch.spans.mask() if self.per_token else None)
 
     def decode(self, scores, batch, network):
-        """(best ids, probabilities) as NumPy."""
+        """(best ids, probabilities) as NumPy; per token, 0 and 0 at padded steps (as the CRF's).
+        Per token the softmax runs over the real steps only: a batch sorted longest-first is
+        often mostly padding (UD EWT test, 256 lines: 80%), and each row's softmax is the
+        same alone (rows are independent)."""
         ops = network.ops
-        probs = np.asarray(ops.to_numpy(ops.softmax(scores)))
-        return probs.argmax(axis=-1), probs
+        if not self.per_token:
+            probs = np.asarray(ops.to_numpy(ops.softmax(scores)))
+            return probs.argmax(axis=-1), probs
+        mask = batch.spans.mask()
+        real = np.asarray(ops.to_numpy(scores))[mask]  # (N, K)
+        probs = np.zeros(mask.shape + real.shape[1:], dtype=real.dtype)
+        best = np.zeros(mask.shape, dtype=np.int64)
+        if len(real):
+            probs[mask] = real = np.asarray(ops.to_numpy(ops.softmax(ops.asarray(real))))
+            best[mask] = real.argmax(axis=-1)
+        return best, probs
 
 
 class CRFHead:
@@ -122,6 +138,9 @@ class Task:
     """What TagTask and ClassifyTask share; see the module docstring for the protocol."""
 
     name = ""
+    # how format_records writes each record key in JSON: tagger.jsonl column writers
+    # (a key not named here is written by json_values)
+    json_columns: dict = {}
 
     def __init__(self, config, labels: LabelVocab, head):
         self.config = config
@@ -134,13 +153,58 @@ class Task:
     def decode(self, scores, batch, network) -> list:
         """One prediction per batch row, rows in batch order."""
         best, probs = self.head.decode(scores, batch, network)
-        return [self.prediction(best[row], probs[row], int(batch.lengths[row])) for row in range(batch.size)]
+        return self.predictions(best, probs, batch.spans)
+
+    def prediction(self, best, probs, n: int):
+        """The prediction of one row, its first n steps real: `predictions` of a batch of one."""
+        best = np.asarray(best)[None]
+        spans = Spans.from_lengths([n], best.shape[1] if best.ndim == 2 else n)  # a text has no steps
+        return self.predictions(best, np.asarray(probs)[None], spans)[0]
+
+    def record(self, ex: Example, pred) -> dict:
+        """What `tagger predict` writes for one example: `records` of one."""
+        return self.records([ex], [pred])[0]
+
+    def records(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+        """What `tagger predict` writes for each (example, prediction): the example's fields
+        (example_fields), then the prediction's."""
+        heads, tails = self.example_fields(examples), self.prediction_fields(examples, preds)
+        return [{**head, **tail} for head, tail in zip(heads, tails)]
+
+    def example_fields(self, examples: Sequence[Example], for_json: bool = False) -> list[dict]:
+        """The leading record fields, which the example alone decides (text, tokens ...);
+        for_json: only for writing them as JSON (values json writes the same may be kept
+        as they are, uncopied)."""
+        raise NotImplementedError
+
+    def prediction_fields(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+        """The record fields that follow, from the predictions (probabilities rounded to
+        PROB_DECIMALS, all of them in one vectorised pass: a round() each cost more than
+        the JSON). A new record key goes here."""
+        raise NotImplementedError
 
     def format_record(self, record: dict, line: int, fmt: str) -> str:
-        """One record as `tagger predict --format fmt` writes it (line: its input line number)."""
+        """One record as `tagger predict --format fmt` writes it: `format_records` of one."""
+        return self.format_records([record], [line], fmt)[0]
+
+    def format_records(self, records: Sequence[dict], lines: Sequence[int], fmt: str) -> list[str]:
+        """Each record as `tagger predict --format fmt` writes it (lines: their input line
+        numbers). jsonl: json.dumps({"line": line, **record}, ensure_ascii=False), byte for
+        byte, but NaN as null (tagger.jsonl), written a key at a time for all records."""
         if fmt == "jsonl":
-            return json.dumps({"line": line, **record}, ensure_ascii=False) + "\n"
-        return self.format_text(record, line, fmt)
+            return jsonl_close(jsonl_open(records, lines, self.json_columns), [{}] * len(records), self.json_columns)
+        return [self.format_text(record, line, fmt) for record, line in zip(records, lines)]
+
+    def jsonl_heads(self, examples: Sequence[Example], lines: Sequence[int]) -> list[str]:
+        """The start of each example's JSON line, up to its example_fields: made before the
+        model runs, while the examples' tokens are still in the CPU's caches (after a
+        forward pass, reading them again costs more than writing them)."""
+        return jsonl_open(self.example_fields(examples, for_json=True), lines, self.json_columns)
+
+    def jsonl_lines(self, heads: Sequence[str], examples: Sequence[Example], preds: Sequence) -> list[str]:
+        """The JSON lines of `format_records(records(examples, preds), lines, "jsonl")`,
+        byte for byte, from the jsonl_heads of the same examples and lines."""
+        return jsonl_close(heads, self.prediction_fields(examples, preds), self.json_columns)
 
     def report_lines(self, scores: dict) -> list[str]:
         """The headline of `tagger evaluate` (the per-class table is common)."""
@@ -162,6 +226,7 @@ class TagTask(Task):
         self.canonical = isinstance(self.head, CRFHead) and self.head.train_allowed is not None
         # an entity type unseen in training is scored as a miss ("O"), never a crash
         self.fallback = "O" if "O" in labels else None
+        self._label_array = np.array(labels.labels, dtype=object)  # indexed by a (B, T) id matrix
 
     @classmethod
     def head_spec(cls, mcfg) -> HeadSpec:
@@ -201,33 +266,54 @@ class TagTask(Task):
     def empty_prediction(self, ex: Example):
         return [], []
 
-    def prediction(self, best, probs, n: int):
-        """(tags in the data scheme, the probability of each) from one row."""
-        tags = self.to_data_scheme(self.labels.decode(best[:n]))
-        return tags, probs[np.arange(n), best[:n]].tolist()
+    def predictions(self, best, probs, spans: Spans) -> list:
+        """(tags in the data scheme, the probability of each) per row of best ids (B, T)
+        and probabilities (B, T, K) over the rows' real steps (`spans`). Labels and
+        probabilities are looked up for the real steps of the whole batch at once."""
+        mask = spans.mask()
+        best, probs = np.asarray(best)[mask], np.asarray(probs)[mask]  # (N,), (N, K)
+        tags = self._label_array[best].tolist()
+        chosen = probs[np.arange(len(best)), best].tolist()
+        lengths = spans.lengths.tolist()
+        rows = zip(split_rows(tags, lengths), split_rows(chosen, lengths))
+        if self.train_scheme in ("none", self.data_scheme):  # else _convert copies the tags
+            return list(rows)
+        return [(self.to_data_scheme(t), p) for t, p in rows]
 
-    def record(self, ex: Example, pred) -> dict:
-        tags, probs = pred
-        record = {
-            "text": ex.text,
-            "tokens": ex.tokens,
-            "offsets": [list(o) for o in ex.offsets] if ex.offsets is not None else None,
-            "tags": tags,
-            "probs": [round(float(p), 6) for p in probs],
-        }
-        if self.data_scheme != "none" and ex.offsets is not None:
-            record["spans"] = [
-                {
-                    "type": kind,
-                    "start": ex.offsets[a][0],
-                    "end": ex.offsets[b - 1][1],
-                    "text": ex.text[ex.offsets[a][0] : ex.offsets[b - 1][1]],
-                    "token_start": a,
-                    "token_end": b,
-                }
-                for kind, a, b in tag_spans(tags, self.data_scheme)
-            ]
-        return record
+    def example_fields(self, examples: Sequence[Example], for_json: bool = False) -> list[dict]:
+        """text, tokens and offsets as [start, end] lists (for_json: the example's own
+        (start, end) pairs, which json writes as lists too)."""
+        def offsets(ex):
+            return ex.offsets if for_json or ex.offsets is None else list(map(list, ex.offsets))
+
+        return [{"text": ex.text, "tokens": ex.tokens, "offsets": offsets(ex)} for ex in examples]
+
+    def prediction_fields(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+        """tags, probs, and the spans of span schemes (see Task.prediction_fields)."""
+        probs = rounded_rows([pred[1] for pred in preds])
+        out = [{"tags": pred[0], "probs": p} for pred, p in zip(preds, probs)]
+        if self.data_scheme != "none":
+            for fields, ex in zip(out, examples):
+                if ex.offsets is not None:
+                    fields["spans"] = self._spans(ex, fields["tags"])
+        return out
+
+    def _spans(self, ex: Example, tags: list[str]) -> list[dict]:
+        """The entity spans of the tags: type, character start and end, text, token range."""
+        return [
+            {
+                "type": kind,
+                "start": ex.offsets[a][0],
+                "end": ex.offsets[b - 1][1],
+                "text": ex.text[ex.offsets[a][0] : ex.offsets[b - 1][1]],
+                "token_start": a,
+                "token_end": b,
+            }
+            for kind, a, b in tag_spans(tags, self.data_scheme)
+        ]
+
+    json_columns = {"text": json_string_values, "tokens": json_values, "offsets": json_values, "tags": json_values,
+                    "probs": json_prob_lists}
 
     # -- n-best lists (a CRF head only: Model.predict_examples(nbest=k)) ----------------
     def decode_nbest(self, scores, batch, network, k: int) -> list:
@@ -337,13 +423,22 @@ class ClassifyTask(Task):
     def empty_prediction(self, ex: Example):
         raise TaggerError(f"{ex.source or 'input'}: empty text cannot be classified")
 
-    def prediction(self, best, probs, n: int):
-        """(label, its probability) from one row."""
-        return self.labels.labels[int(best)], float(probs[best])
+    def predictions(self, best, probs, spans: Spans) -> list:
+        """(label, its probability) per row of best ids (B,) and probabilities (B, C)."""
+        best = np.asarray(best)
+        chosen = np.asarray(probs)[np.arange(len(best)), best].tolist()
+        labels = self.labels.labels
+        return [(labels[i], p) for i, p in zip(best.tolist(), chosen)]
 
-    def record(self, ex: Example, pred) -> dict:
-        label, prob = pred
-        return {"text": ex.text, "label": label, "probability": round(float(prob), 6)}
+    def example_fields(self, examples: Sequence[Example], for_json: bool = False) -> list[dict]:
+        return [{"text": ex.text} for ex in examples]
+
+    def prediction_fields(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+        """label and probability (see Task.prediction_fields)."""
+        (probs,) = rounded_rows([[pred[1] for pred in preds]])
+        return [{"label": pred[0], "probability": p} for pred, p in zip(preds, probs)]
+
+    json_columns = {"text": json_string_values, "label": json_string_values, "probability": json_values}
 
     def format_text(self, record: dict, line: int, fmt: str) -> str:
         # conll and tsv are the same for texts: one row per line

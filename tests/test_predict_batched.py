@@ -6,6 +6,7 @@ one write per record. Both paths run on the same untrained models (a tagger with
 word classes and lower-casing, a span tagger, a classifier) over a sample with unknown
 words, non-ASCII text, repeated and blank lines; the outputs must be byte-identical.
 """
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from tagger.data.types import Example
 from tagger.data.vocab import UNK_ID, WordVocab, pretokenize
 from tagger.models import Model, build_network
 from tagger.data.readers import iter_lines
-from tagger.predict import _chunks, predict_stream
+from tagger.predict import _chunks, cyclic_gc_paused, predict_chunk, predict_stream
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "corpora"
@@ -82,8 +83,8 @@ class Sink:
         self.tokens += tokens
 
 
-def untrained(name):
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", {**SETUPS[name], **TINY})
+def untrained(name, **overrides):
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", {**SETUPS[name], **TINY, **overrides})
     words, labels = build_vocabularies(cfg, load_splits(cfg).train)
     return Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), ops="cpu", seed=5))
 
@@ -122,3 +123,37 @@ def test_word_ids_are_the_tokenizers_whatever_the_cache_holds():
     assert words.encode_batch(sentences) == want  # from the cache this time
     words.ID_CACHE_SIZE = 3  # overflowing the bound clears it and still gives the same ids
     assert words.encode_batch(sentences) == want
+    words._id_cache.clear()
+    assert words.encode_batch(sentences[:1]) == want[:1]
+    # seen and unseen words in one batch past the bound: the seen ones are looked up again
+    assert words.encode_batch(sentences) == want and len(words._id_cache) <= len({w for s in sentences for w in s})
+
+
+@pytest.mark.parametrize("name", sorted(SETUPS) + ["crf"])
+def test_a_chunk_makes_no_reference_cycles_so_pausing_the_collector_frees_everything(name):
+    """predict_chunk runs with the cyclic collector paused: all it allocates must be freed
+    by reference counting alone, for every task and head."""
+    model = untrained("ner", **{"model.crf": True}) if name == "crf" else untrained(name)
+    chunk = [(k + 1, line) for k, line in enumerate(LINES * 3) if line.strip()]
+    predict_chunk(model, chunk, "t", "jsonl", batch_size=4)  # first calls fill caches
+    gc.collect()
+    for fmt in ("jsonl", "conll", "tsv"):
+        assert len(predict_chunk(model, chunk, "t", fmt, batch_size=4)) == len(chunk)
+    assert gc.collect() == 0
+    assert gc.isenabled()
+
+
+def test_the_collector_is_paused_only_inside_and_restored_as_it_was():
+    assert gc.isenabled()
+    with pytest.raises(KeyError):
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+            raise KeyError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

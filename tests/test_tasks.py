@@ -134,5 +134,10 @@ def test_the_softmax_head_masks_padding_for_tags_and_decodes_by_argmax():
         (np.exp(scores[1, 0]) / np.exp(scores[1, 0]).sum())[2])
     assert loss == pytest.approx(nll / 4)  # mean over the 4 real tokens
     best, probs = head.decode(scores, batch, network)
-    np.testing.assert_array_equal(best, scores.argmax(-1))
-    np.testing.assert_allclose(probs.sum(-1), 1.0)
+    real = batch.mask
+    np.testing.assert_array_equal(best[real], scores.argmax(-1)[real])
+    np.testing.assert_allclose(probs[real].sum(-1), 1.0)
+    np.testing.assert_allclose(probs[real], network.ops.softmax(scores)[real])  # each row's softmax alone
+    # padded steps: best 0 and probabilities 0, as the CRF head decodes them
+    np.testing.assert_array_equal(best[~real], 0)
+    np.testing.assert_array_equal(probs[~real], 0.0)

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -155,15 +156,19 @@ def pretrained_matrix(config, words, train, seed):
 def examples_from_texts(texts: Iterable[str], sources: Iterable[str] | None = None) -> list[Example]:
     """Unlabelled examples: the pre-tokenized words of each text and their character offsets.
     (One pre_tokenize call per text measured as fast as the tokenizers' encode_batch with
-    offsets over the whole batch: converting the results to Python dominates both.)"""
+    offsets over the whole batch, and as one call over the texts joined: converting the
+    results to Python dominates all three. The pairs are unzipped by map, in C.)"""
     texts = list(texts)
     sources = list(sources) if sources is not None else []
     sources = sources or [f"text {k + 1}" for k in range(len(texts))]
     out = []
     for text, source in zip(texts, sources):
         pieces = pretokenize(text)
-        out.append(Example([t for t, _ in pieces], text=text, offsets=[o for _, o in pieces], source=source))
+        out.append(Example(list(map(_first, pieces)), text=text, offsets=list(map(_second, pieces)), source=source))
     return out
+
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def data_report(config) -> dict:

@@ -18,7 +18,7 @@ def test_benchmark_speed_reports_both_rates_at_one_and_n_threads(cli, untrained_
         for kind in ("end_to_end", "model_only"):
             rate = entry[kind]
             assert 0 < rate["low"] <= rate["mean"] <= rate["high"], rate
-        assert entry["end_to_end_fraction"] > 0
+        assert entry["end_to_end_fraction"] > 0 and entry["end_to_end_fraction_cpu"] > 0
     if "2" in expected:
         assert set(report["scaling"]) == {"end_to_end", "model_only"}
     assert "end to end" in result.stderr and "model only" in result.stderr

@@ -638,18 +638,18 @@ def test_an_interrupt_that_a_library_turns_into_another_error_exits_130(tmp_path
 
 
 def test_ctrl_c_during_predict_leaves_no_output(tmp_path, models, monkeypatch):
-    from tagger.tasks import Task
+    from tagger.tasks import TagTask
 
-    real = Task.format_record
+    real = TagTask.prediction_fields  # once per chunk, after the model ran, before the output is written
     calls = []
 
-    def format_record(*a):
+    def prediction_fields(*a):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 1:
             raise KeyboardInterrupt
         return real(*a)
 
-    monkeypatch.setattr(Task, "format_record", format_record)
+    monkeypatch.setattr(TagTask, "prediction_fields", prediction_fields)
     src = Ctx(tmp_path, models).text(content="The cat .\n" * 10)
     result = invoke("predict", models["tag"], src, "-o", tmp_path / "out")
     _interrupted(result, 130, "interrupted")
