@@ -685,6 +685,23 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     return Y, h_last, c_last, cache
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(slot, shape, dtype):
+    """A reusable buffer for an array that dies inside the call (per thread and slot,
+    grown to the largest request; its contents are garbage). Allocating and freeing these
+    (N, G)-sized temporaries every step made glibc trim and regrow the heap, and the
+    regrown pages cost a fault each."""
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    n = int(np.prod(shape))
+    key = (slot, np.dtype(dtype))
+    buf = bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = bufs[key] = np.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
 def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     """Backward of lstm_forward. dY (B, T, H) or None; dh_last, dc_last (B, H) or None.
 
@@ -710,7 +727,7 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
         if dc_last is not None
         else np.zeros((B, H), dtype=dt)
     )
-    dZ = np.empty((N, G), dtype=dt)
+    dZ = _scratch("dZ", (N, G), dt)
     dHm = np.empty((B, H), dtype=dt)
     db_acc = np.zeros(G, dtype=dt)
     UT = c.U.T  # a transposed view: BLAS takes it as is (a contiguous copy cost more than it saved)
@@ -733,7 +750,7 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
         n0 = 0 if o.h0 is not None else c.counts[0]  # Hprev is 0 at the first step without h0
         if N > n0:
             dU += c.Hprev[n0:].T @ dZ[n0:]
-        dXp = dZ @ c.W.T
+        dXp = np.matmul(dZ, c.W.T, out=_scratch("dXp", (N, I), dt))
         _unpack_rows(dXp, c.in_mask, c.has_in_mask, c.order, c.starts, c.lengths, c.offsets, c.counts,
                      c.reverse, dX)
     return dX

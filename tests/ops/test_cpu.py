@@ -338,3 +338,32 @@ def test_kernels_without_refcounts_are_bitwise_the_refcounted_ones(dtype, monkey
     assert len(fast) == len(slow) == 56
     for a, b in zip(fast, slow):
         np.testing.assert_array_equal(a, b)
+
+
+def test_backward_scratch_buffers_never_leak_between_calls():
+    """lstm_backward's dZ / dXp live in reusable per-thread buffers: a call after a larger
+    one, and the same call again, give the bits of the first time, and what it returns
+    shares no memory with them."""
+    rng = np.random.default_rng(5)
+
+    def case(B, T, I, H):
+        lengths = rng.integers(1, T + 1, size=B)
+        X, W, U = (rng.normal(size=s).astype(np.float32) for s in ((B, T, I), (I, 4 * H), (H, 4 * H)))
+        b = rng.normal(size=4 * H).astype(np.float32)
+        Y, h, c, cache = cpu.lstm_forward(X, W, U, b, np.zeros(B, np.int64), lengths)
+        dY = rng.normal(size=Y.shape).astype(np.float32)
+
+        def grads():
+            g = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+            return [cpu.lstm_backward(cache, dY, None, None, *g), *g]
+
+        return grads
+
+    small, big = case(3, 4, 5, 6), case(40, 30, 20, 16)
+    first = small()
+    big()  # grows the buffers and fills them with other values
+    for again in (small(), small()):
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+    bufs = cpu._SCRATCH.bufs.values()
+    assert len(bufs) >= 2 and not any(np.shares_memory(first[0], s) for s in bufs)
