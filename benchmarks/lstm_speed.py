@@ -13,6 +13,7 @@ A figure, not a test. By default it runs the public layers (tagger.layers: Embed
 Bidirectional(LSTM), Dense in a Sequential; tagger.optim.Adam with lazy embedding rows);
 `--driver ops` runs the same op sequence on tagger.ops.cpu directly (no layer overhead,
 and the two directions concurrently through lstm_forward_pair when --threads >= 2).
+`--verbose` prints every repeat, and the minor page faults per training batch.
 `--chars lstm|cnn` (layers driver) also measures the full model with a character encoder
 (model.chars defaults: char_dim 25, lstm 25 units per direction or cnn 30 filters of
 width 3, dropout 0.5) as `tagger train` builds it: WordFeatures(Embedding, CharEncoder)
@@ -319,15 +320,25 @@ class TorchModel:
 # Timing
 
 
+def minor_faults():
+    """This process's minor page faults so far (0 where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed_pass(fn, batches, start, n):
-    """(tokens, wall seconds, CPU seconds of this process) for n consecutive batches."""
+    """(tokens, wall seconds, CPU seconds of this process, minor page faults) for n
+    consecutive batches."""
     tokens = 0
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, f0 = time.perf_counter(), time.process_time(), minor_faults()
     for q in range(start, start + n):
         b = batches[q % len(batches)]
         fn(*b)
         tokens += int(b[-1].sum())
-    return tokens, time.perf_counter() - w0, time.process_time() - c0
+    return tokens, time.perf_counter() - w0, time.process_time() - c0, minor_faults() - f0
 
 
 def measure(systems, train_batches, infer_batches, args):
@@ -339,18 +350,22 @@ def measure(systems, train_batches, infer_batches, args):
         for b in infer_batches[:2]:
             infer_fn(b[0], b[-1])
     n_inf = max(2, args.batches * args.batch // args.infer_batch)
-    rates = {name: {"train": [], "train_cpu": [], "infer": [], "infer_cpu": []} for name, _, _ in systems}
+    rates = {name: {"train": [], "train_cpu": [], "infer": [], "infer_cpu": [], "train_faults": []}
+             for name, _, _ in systems}
     for rep in range(args.repeats):
         for name, train_fn, _ in systems:
-            tok, wall, cpu_s = timed_pass(train_fn, train_batches, 3 + rep * args.batches, args.batches)
+            tok, wall, cpu_s, faults = timed_pass(train_fn, train_batches, 3 + rep * args.batches, args.batches)
             rates[name]["train"].append(tok / wall)
             rates[name]["train_cpu"].append(tok / cpu_s)
+            # page faults per batch: fresh heap pages (malloc trimming and regrowing), which
+            # cost system time that the CPU-time figures include
+            rates[name]["train_faults"].append(faults / args.batches)
     # inference after training, with the weights fixed, as `tagger predict` runs a model;
     # the systems still alternate so that load from other processes hits them alike
     for rep in range(args.repeats):
         for name, _, infer_fn in systems:
-            tok, wall, cpu_s = timed_pass(lambda ids, labels, mask, lens: infer_fn(ids, lens), infer_batches,
-                                          2 + rep * n_inf, n_inf)
+            tok, wall, cpu_s, _ = timed_pass(lambda ids, labels, mask, lens: infer_fn(ids, lens), infer_batches,
+                                             2 + rep * n_inf, n_inf)
             rates[name]["infer"].append(tok / wall)
             rates[name]["infer_cpu"].append(tok / cpu_s)
     return {name: {k: statistics.median(v) for k, v in r.items()} | {"spread": r} for name, r in rates.items()}

@@ -196,7 +196,7 @@ class Model:
         raw tokens, unseen characters -> [UNK]), or None for a model without model.chars."""
         if self.chars is None:
             return None
-        return [self.chars.encode_batch(ex.tokens)[0] for ex in examples]
+        return self.chars.encode_each([ex.tokens for ex in examples])  # words cached across epochs
 
     def batches(self, examples, batch_size, unit="sentences", shuffle=False, seed=0, with_labels=True):
         examples = examples if isinstance(examples, Sequence) else list(examples)

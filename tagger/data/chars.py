@@ -63,10 +63,21 @@ class CharVocab:
     def __init__(self, chars: Sequence[str], max_chars: int | None = None):
         _check_max_chars(max_chars, "CharVocab")
         self.chars = [PAD_CHAR, UNK_CHAR, *chars]
-        self.max_chars = max_chars
+        self._max_chars = max_chars
         self._ids = {c: k + 2 for k, c in enumerate(chars)}
         if len(self._ids) != len(chars):
             raise TaggerError("CharVocab: the character list has duplicates")
+        # word -> its encoded ids (int32): `tagger train` encodes every token of the
+        # training set each epoch, a few word types many times over; at most CACHE_WORDS
+        # entries, so a long prediction over unseen text cannot grow it without bound
+        self._encoded: dict[str, np.ndarray] = {}
+
+    CACHE_WORDS = 1 << 18
+
+    @property
+    def max_chars(self) -> int | None:
+        """Read-only: the word cache holds encodings clipped to it."""
+        return self._max_chars
 
     @classmethod
     def build(cls, words: Iterable[str], min_freq: int = 1, max_size: int | None = None,
@@ -97,15 +108,47 @@ class CharVocab:
     def encode(self, word: str) -> list[int]:
         return [self._ids.get(c, UNK_ID) for c in clip(normalize(word), self.max_chars)]
 
+    def _word_ids(self, word: str) -> np.ndarray:
+        """encode(word) as an int32 array, from the word cache (never handed out: copied)."""
+        ids = self._encoded.get(word)
+        if ids is None:
+            ids = np.array(self.encode(word), dtype=np.int32)
+            if len(self._encoded) < self.CACHE_WORDS:
+                self._encoded[word] = ids
+        return ids
+
     def encode_batch(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, C) int32 post-padded with 0, lengths (N,) int32); C = the longest
         encoded word (at least 1, so an empty list or empty words still give a matrix)."""
-        encoded = [self.encode(w) for w in words]
-        lengths = np.array([len(e) for e in encoded], dtype=np.int32)
-        ids = np.zeros((len(encoded), max(int(lengths.max(initial=0)), 1)), dtype=np.int32)
-        for k, e in enumerate(encoded):
-            ids[k, : len(e)] = e
+        encoded = [self._word_ids(w) for w in words]
+        lengths = np.fromiter((e.size for e in encoded), dtype=np.int32, count=len(encoded))
+        C = max(int(lengths.max(initial=0)), 1)
+        ids = np.zeros((len(encoded), C), dtype=np.int32)
+        if encoded:  # row-major order of the real cells = the words' ids one after another
+            ids[np.arange(C)[None, :] < lengths[:, None]] = np.concatenate(encoded)
         return ids, lengths
+
+    def encode_each(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per sentence its (n_k, C_k) int32 ids, C_k = its longest encoded word (at least 1):
+        [encode_batch(s)[0] for s in sentences], in one vectorised pass (the per-sentence
+        NumPy calls cost more than the encoding once the words are cached). The matrices
+        are views of one buffer."""
+        n = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
+        encoded = [self._word_ids(w) for s in sentences for w in s]
+        wlen = np.fromiter((e.size for e in encoded), dtype=np.int64, count=len(encoded))
+        first = np.cumsum(n) - n  # each sentence's first word
+        C = np.ones(len(n), dtype=np.int64)
+        full = n > 0  # reduceat over the non-empty sentences only: an empty one adds no word
+        if full.any():
+            C[full] = np.maximum(np.maximum.reduceat(wlen, first[full]), 1)
+        base = np.cumsum(n * C) - n * C  # each sentence's matrix in the buffer
+        sent = np.repeat(np.arange(len(n)), n)
+        row = base[sent] + (np.arange(len(encoded)) - first[sent]) * C[sent]  # each word's row
+        buf = np.zeros(int((n * C).sum()), dtype=np.int32)
+        if encoded:
+            within = np.arange(int(wlen.sum())) - np.repeat(np.cumsum(wlen) - wlen, wlen)
+            buf[np.repeat(row, wlen) + within] = np.concatenate(encoded)
+        return [buf[b : b + k * c].reshape(k, c) for b, k, c in zip(base.tolist(), n.tolist(), C.tolist())]
 
     def encode_sentences(self, sentences: Sequence[Sequence[str]], words: int | None = None):
         """(ids (B, W, C) int32, lengths (B, W) int32) of post-padded sentences; W = the

@@ -69,6 +69,37 @@ def test_encode_sentences_gives_batch_word_char_ids():
         v.encode_sentences([["the", "cat"]], words=1)
 
 
+def test_encode_each_is_encode_batch_per_sentence():
+    """The one-pass encoding of many sentences (Model.encode_chars) gives every sentence the
+    matrix encode_batch gives it: its own width, empty sentences and empty words included."""
+    for max_chars in (None, 3):
+        v = CharVocab.build(WORDS, max_chars=max_chars)
+        sentences = [["the", "cat"], [], ["internationalisation", "q!", ""], [""], ["Zoë", "the", "the"], []]
+        got = v.encode_each(sentences)
+        assert len(got) == len(sentences)
+        for s, ids in zip(sentences, got):
+            want = v.encode_batch(s)[0]
+            assert ids.dtype == want.dtype == np.int32 and ids.shape == want.shape
+            np.testing.assert_array_equal(ids, want)
+    assert v.encode_each([]) == []
+    assert [m.shape for m in v.encode_each([[], []])] == [(0, 1), (0, 1)]
+
+
+def test_the_word_cache_is_never_handed_out_and_stays_bounded(monkeypatch):
+    v = CharVocab.build(WORDS)
+    first = v.encode_batch(["cat", "the"])[0]
+    first[:] = 99  # a caller scribbling on its matrix
+    again = v.encode_each([["cat", "the"]])[0]
+    again[:] = 77
+    np.testing.assert_array_equal(v.encode_batch(["cat", "the"])[0], [[v.char_to_id(c) for c in w] for w in ("cat", "the")])
+    monkeypatch.setattr(CharVocab, "CACHE_WORDS", 3)
+    v.encode_batch([f"w{k}" for k in range(10)])
+    assert len(v._encoded) == 3
+    assert v.encode_batch(["w9"])[0].tolist() == [v.encode("w9")]  # past the cap: encoded, not cached
+    with pytest.raises(AttributeError):
+        v.max_chars = 4  # the cache holds encodings clipped to the vocabulary's own cap
+
+
 def test_save_load_round_trip(tmp_path):
     v = CharVocab.build(WORDS + ["naïve", "\"quote\""], max_chars=6)
     path = tmp_path / "chars.json"

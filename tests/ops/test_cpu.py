@@ -268,3 +268,102 @@ def test_float32_gate_approximations():
     assert (np.abs(t) <= 1).all() and (s >= 0).all() and (s <= 1).all()
     small = np.abs(x64) < 1e-3  # near 0 the error is relative
     np.testing.assert_allclose(t[small], np.tanh(x64[small]), rtol=1e-6, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# Speed-only changes that must not move a bit
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_dropout_mask_is_the_reference_bit_for_bit(dtype):
+    """The one-pass njit mask against the NumPy spec: every shape, rate, seed (large ones
+    wrap the uint64 key) and dtype (float16 goes to the reference itself)."""
+    for shape in [(0,), (1,), (3, 4), (50, 40), (7, 11, 13), (61, 9, 25)]:
+        for rate in (0.0, 0.1, 0.5, 0.999):
+            for seed in (0, 1, 12345, 2**40 + 7, 2**63 - 1):
+                got = cpu.dropout_mask(shape, rate, seed, dtype)
+                want = ref.dropout_mask(shape, rate, seed, dtype)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_array_equal(got, want)
+    kept = cpu.dropout_mask((200, 50), 0.3, 5, dtype)
+    assert 0.65 < (kept != 0).mean() < 0.75  # not vacuous: a real mask
+
+
+def _with_refcounts(kernel):
+    """The same Python function compiled as before _nrt=False (NRT on, not cached)."""
+    from numba import njit
+
+    opts = dict(kernel.targetoptions)
+    opts.pop("_nrt", None)
+    opts.pop("nopython", None)  # njit sets it itself
+    opts.pop("cache", None)
+    return njit(**opts)(kernel.py_func)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_without_refcounts_are_bitwise_the_refcounted_ones(dtype, monkeypatch):
+    """_JIT_VIEWS only drops NRT reference counting: the LSTM forward and backward (masks,
+    reverse, initial state, other activations, the char LSTM's H = 25) give the same bits
+    as the kernels compiled with it."""
+    names = ["_pack_rows", "_unpack_rows", "_zero_padding", "_lstm_fwd_step", "_lstm_bwd_step"]
+    assert all(cpu._dispatchers()[n].targetoptions.get("_nrt") is False for n in names)
+    rng = np.random.default_rng(3)
+
+    def run():
+        out = []
+        for H in (25, 6):
+            for reverse, opts in ((False, "plain"), (True, "masks"), (False, "state"), (True, "acts")):
+                B, T, I = 9, 7, 5
+                lengths = rng.integers(0, T + 1, size=B)
+                starts = np.where(rng.random(B) < 0.3, T - lengths, 0)
+                X, W, U = (rng.normal(size=s).astype(dtype) * 0.5 for s in ((B, T, I), (I, 4 * H), (H, 4 * H)))
+                b = rng.normal(size=4 * H).astype(dtype)
+                kw = {"masks": dict(zip(("in_mask", "rec_mask"), masks(True, dtype, B, I, H))),
+                      "state": dict(h0=rng.normal(size=(B, H)).astype(dtype), c0=rng.normal(size=(B, H)).astype(dtype)),
+                      "acts": dict(activation="relu", recurrent_activation="hard_sigmoid")}.get(opts, {})
+                Y, h, c, cache = cpu.lstm_forward(X, W, U, b, starts, lengths, reverse, **kw)
+                g = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+                dX = cpu.lstm_backward(cache, rng.normal(size=Y.shape).astype(dtype), rng.normal(size=h.shape).astype(dtype),
+                                       None, *g)
+                out += [Y, h, c, dX, *g]
+        return out
+
+    state = rng.bit_generator.state
+    fast = run()
+    for n in names:
+        monkeypatch.setattr(cpu, n, _with_refcounts(cpu._dispatchers()[n]))
+    rng.bit_generator.state = state
+    slow = run()
+    assert len(fast) == len(slow) == 56
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_scratch_buffers_never_leak_between_calls():
+    """lstm_backward's dZ / dXp live in reusable per-thread buffers: a call after a larger
+    one, and the same call again, give the bits of the first time, and what it returns
+    shares no memory with them."""
+    rng = np.random.default_rng(5)
+
+    def case(B, T, I, H):
+        lengths = rng.integers(1, T + 1, size=B)
+        X, W, U = (rng.normal(size=s).astype(np.float32) for s in ((B, T, I), (I, 4 * H), (H, 4 * H)))
+        b = rng.normal(size=4 * H).astype(np.float32)
+        Y, h, c, cache = cpu.lstm_forward(X, W, U, b, np.zeros(B, np.int64), lengths)
+        dY = rng.normal(size=Y.shape).astype(np.float32)
+
+        def grads():
+            g = [np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)]
+            return [cpu.lstm_backward(cache, dY, None, None, *g), *g]
+
+        return grads
+
+    small, big = case(3, 4, 5, 6), case(40, 30, 20, 16)
+    first = small()
+    big()  # grows the buffers and fills them with other values
+    for again in (small(), small()):
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+    bufs = cpu._SCRATCH.bufs.values()
+    assert len(bufs) >= 2 and not any(np.shares_memory(first[0], s) for s in bufs)
