@@ -208,7 +208,12 @@ def timing_summary(w: World, times: StepTimes) -> dict | None:
     ms = {k: round(float(np.median(v.mean(axis=0))) * 1e3, 3) for k, v in rows.items()}
     step = max(ms["wall"], 1e-9)
     return {
-        "ranks": w.size, "steps": steps, "step_ms": ms["wall"], "compute_ms": ms["compute"],
+        "ranks": w.size, "steps": steps, "step_ms": ms["wall"],
+        # the mean too: a step waits for the slowest rank, so rare slow steps (a rank
+        # descheduled) cost the throughput more than the median shows
+        "step_mean_ms": round(float(rows["wall"].mean()) * 1e3, 3),
+        "waiting_mean_ms": round(float(rows["waiting"].mean()) * 1e3, 3),
+        "compute_ms": ms["compute"],
         "communication_ms": ms["communication"], "waiting_ms": ms["waiting"],
         "dense_allreduce_ms": ms["dense"], "embedding_rows_ms": ms["rows"],
         "communication_share": round(ms["communication"] / step, 4), "waiting_share": round(ms["waiting"] / step, 4),

@@ -132,6 +132,7 @@ class Step:
     scores: dict | None = None  # evaluation steps: the evaluation's scores ("score" is watched)
     is_best: bool = False  # evaluation steps: the score improved on every earlier one
     mean_loss: float | None = None  # evaluation steps: mean batch loss since the previous evaluation
+    eval_s: float = 0.0  # evaluation steps: seconds the evaluation took
 
     @property
     def evaluated(self) -> bool:
@@ -189,7 +190,9 @@ def train_loop(
         due = end_of_epoch if eval_every == "epoch" else step % int(eval_every) == 0
         if due or last:
             info.mean_loss, state.window = float(np.mean(state.window)), []
+            started = time.perf_counter()
             info.scores = evaluate() if evaluate is not None else {"score": -info.mean_loss}
+            info.eval_s = time.perf_counter() - started
             info.is_best = patience.observe(info.scores["score"])
             state.best, state.bad = patience.best, patience.bad
             if schedule is not None:
@@ -241,7 +244,9 @@ class RunLog:
         info = {
             "epoch": s.epoch, "step": s.step, "loss": s.mean_loss, "dev_score": s.scores["score"],
             "dev_accuracy": s.scores.get("accuracy"), "lr": s.lr, "tokens_per_s": self.tokens / max(elapsed, 1e-9),
-            "elapsed_s": elapsed, "dev": s.scores,
+            # the same without the evaluation: what the updates alone run at
+            "train_tokens_per_s": self.tokens / max(elapsed - s.eval_s, 1e-9),
+            "elapsed_s": elapsed, "eval_s": s.eval_s, "dev": s.scores,
         }
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(info) + "\n")

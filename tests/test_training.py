@@ -183,6 +183,8 @@ def test_train_writes_logs_and_both_checkpoints_and_evaluates_the_last_step(quic
     final = train(cfg, tmp_path, progress=False)
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [2, 4, 5]
+    # the rate of the updates alone leaves the evaluation out of the same window
+    assert all(0 < r["eval_s"] < r["elapsed_s"] and r["train_tokens_per_s"] > r["tokens_per_s"] > 0 for r in logs)
     rows = (tmp_path / "loss.tsv").read_text().splitlines()
     assert rows[0].startswith("epoch\tstep\tloss") and [r.split("\t")[1] for r in rows[1:]] == ["2", "4", "5"]
     best = json.loads((tmp_path / "model-best" / "metrics.json").read_text())
