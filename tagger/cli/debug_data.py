@@ -63,12 +63,17 @@ def format_data_report(report: dict) -> str:
     lines = [f"task: {report['task']}   vocabulary: {report['vocabulary']} words   labels: {len(report['labels'])}"]
     if report.get("dev_source"):
         lines.append(f"  dev: {report['dev_source']}")
+    if "characters" in report:
+        lines.append(f"  model.chars: {report['characters']} characters (besides [PAD] and [UNK])")
     for name, e in report["splits"].items():
         lines.append(
             f"{name:>5}: {e['examples']} examples, {e['tokens']} tokens (mean length {e['mean_length']}, max {e['max_length']}), "
             f"OOV {e['oov_rate'] * 100:.2f}%, majority baseline {e['majority_baseline'] * 100:.2f}% "
             f"(train's most common label, {e['majority_label']})"
         )
+        if "longest_word" in e:
+            clipped = f", {e['words_clipped']} words clipped by vocab.max_chars" if "words_clipped" in e else ""
+            lines.append(f"       characters: longest word {e['longest_word']}, unknown {e['unknown_char_rate'] * 100:.2f}%{clipped}")
         if "overlap_with_train" in e:
             lines.append(f"       {e['overlap_with_train']} examples also in train")
         if e.get("labels_unseen_in_train"):

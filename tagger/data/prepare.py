@@ -177,6 +177,9 @@ def data_report(config) -> dict:
     words, labels = build_vocabularies(config, splits.train)
     task = make_task(config, labels)
     report = {"task": task.name, "labels": labels.labels, "vocabulary": len(words), "dev_source": splits.dev_source, "splits": {}}
+    chars = build_char_vocab(config, splits.train)
+    if chars is not None:
+        report["characters"] = len(chars) - 2  # without [PAD] and [UNK]
     train_texts = {" ".join(ex.tokens) for ex in splits.train}
     # labels as the files write them (the data scheme), so a target_scheme conversion
     # never makes a dev tag look unseen; the baseline is always train's majority label
@@ -201,6 +204,8 @@ def data_report(config) -> dict:
             "majority_label": majority,
             "majority_baseline": round(dist[majority] / max(sum(dist.values()), 1), 4),
         }
+        if chars is not None:
+            entry.update(char_report(chars, tokens, config.vocab.max_chars))
         if name != "train":
             entry["overlap_with_train"] = sum(1 for ex in examples if " ".join(ex.tokens) in train_texts)
             unseen = sorted(set(dist) - set(train_dist))
@@ -208,3 +213,19 @@ def data_report(config) -> dict:
                 entry["labels_unseen_in_train"] = unseen
         report["splits"][name] = entry
     return report
+
+
+def char_report(chars, tokens: list[str], max_chars: int | None) -> dict:
+    """What the character encoder sees of a split: the longest word, the share of
+    characters it reads as [UNK], and the words vocab.max_chars clips (keeping their first
+    and last characters; no word is dropped)."""
+    from tagger.data.chars import UNK_ID, normalize
+
+    spelled = [normalize(t) for t in tokens]
+    n_chars = sum(len(t) for t in spelled)
+    unknown = sum(1 for t in spelled for c in t if chars.char_to_id(c) == UNK_ID)
+    entry = {"longest_word": max((len(t) for t in spelled), default=0),
+             "unknown_char_rate": round(unknown / max(n_chars, 1), 4)}
+    if max_chars is not None:
+        entry["words_clipped"] = sum(1 for t in spelled if len(t) > max_chars)
+    return entry

@@ -265,3 +265,24 @@ def test_short_training_on_real_ud_data_beats_majority(cli, tmp_path, corpora_ro
     support = {k: v["support"] for k, v in dev["report"]["per_class"].items()}
     majority = max(support.values()) / sum(support.values())
     assert dev["accuracy"] > majority + 0.3, (dev["accuracy"], majority)
+
+
+def test_debug_data_reports_what_the_character_encoder_sees(cli, tmp_path):
+    """With model.chars: the character count, and per split the longest word, the share of
+    characters read as [UNK] and the words vocab.max_chars clips; without it, none."""
+    (tmp_path / "train.txt").write_text("Paris NNP B-LOC\nrejects VBZ O\n\n", encoding="utf-8")
+    (tmp_path / "dev.txt").write_text("Zürich NNP B-LOC\nrejects VBZ O\n\n", encoding="utf-8")
+    data = {"train": "train.txt", "dev": "dev.txt", "format": "conll", "token_column": 0, "label_column": 2, "scheme": "iob1"}
+    cfg = write_config(tmp_path / "c.yaml", data=data, model={"chars": {"encoder": "cnn"}}, vocab={"max_chars": 5})
+    from tagger.config import load_config
+    from tagger.data.prepare import data_report
+
+    report = data_report(load_config(cfg))
+    assert report["characters"] == len(set("Parisrejects"))
+    train, dev = report["splits"]["train"], report["splits"]["dev"]
+    assert train["longest_word"] == 7 and train["unknown_char_rate"] == 0 and train["words_clipped"] == 1
+    assert dev["unknown_char_rate"] == round(3 / 13, 4)  # Z, ü, h of "Zürich" + "rejects"
+    out = cli("debug-data", cfg).output
+    assert "model.chars: 9 characters" in out and "unknown 23.08%, 2 words clipped by vocab.max_chars" in out
+    plain = write_config(tmp_path / "p.yaml", data=data)
+    assert "characters" not in data_report(load_config(plain)) and "model.chars" not in cli("debug-data", plain).output
