@@ -337,7 +337,8 @@ class StopRequests:
     def __enter__(self) -> "StopRequests":
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (`cmd &`, nohup) stays ignored
+                    self.previous[sig] = signal.signal(sig, self._note)
         except ValueError:  # not the main thread: signals stay as they were
             pass
         return self

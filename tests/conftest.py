@@ -11,11 +11,34 @@ length or train through the CLI.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """SIGINT handled as Python handles it in a terminal, for every test, even when the test
+    run itself was started ignoring it (`pytest &` from a script): tagger leaves an
+    ignored signal ignored, and the interrupt tests send real SIGINTs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def child_ctrl_c_default() -> None:
+    """preexec_fn for a subprocess that the test interrupts with SIGINT: undo an inherited
+    SIG_IGN, so the child's Python installs its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def corpora_dir() -> Path:

@@ -188,13 +188,35 @@ def test_a_signal_is_noted_until_the_step_ends_and_a_second_one_stops_at_once(ca
     from tagger.distributed import World
     from tagger.training import StopRequests
 
-    with StopRequests() as stops:
-        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
-        assert stops.requested(World()) == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # Python's own handler, also when this process was started ignoring SIGINT (`&`)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopRequests() as stops:
+            os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+            assert stops.requested(World()) == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert "SIGINT: stopping after this step (again to stop now)" in capsys.readouterr().err
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    """A job started with `&` from a script ignores SIGINT; training must not take it back."""
+    from tagger.cli._util import _signal_handlers
+    from tagger.distributed import World
+    from tagger.training import StopRequests
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _signal_handlers(), StopRequests() as stops:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing noted, nothing raised
+            assert stops.requested(World()) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_start_run_keeps_the_previous_outputs_when_resuming_and_moves_them_otherwise(tmp_path):

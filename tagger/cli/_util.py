@@ -49,7 +49,10 @@ def _signal_handlers():
     previous = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _on_signal)
+            # a signal the process was started ignoring (a job started with `&` in a script
+            # ignores SIGINT) stays ignored, as Python itself leaves it
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread: leave the handlers alone
         pass
     _signalled.clear()

@@ -724,8 +724,10 @@ def test_a_real_signal_stops_training_saves_and_exits_non_zero(sig, code, word, 
     cfg = tiny_config(tmp_path / "c.yaml", max_steps=100000, epochs=1000, eval_every=1, patience=None)
     script = "import sys; from tagger.cli import main; sys.argv[0] = 'tagger'; main()"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    from tests.conftest import child_ctrl_c_default
+
     proc = subprocess.Popen([sys.executable, "-c", script, "train", str(cfg), "-o", str(tmp_path / "out"), "--no-progress"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=child_ctrl_c_default)
     for line in proc.stderr:
         if line.startswith("epoch"):  # a model exists: stop it now
             proc.send_signal(sig)
