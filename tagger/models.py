@@ -275,10 +275,7 @@ class Model:
         text, label, probability (classify). nbest=k (a CRF model): also "nbest", the k
         best tag sequences [{tags, score, probability}], best first."""
         examples = examples_from_texts(list(texts))
-        preds = self.predict_examples(examples, nbest=nbest)
-        if nbest is None:
-            return self.labeller.records(examples, preds)
-        return [self.labeller.record_nbest(ex, pred) for ex, pred in zip(examples, preds)]
+        return self.labeller.records(examples, self.predict_examples(examples, nbest=nbest), nbest=nbest)
 
     def evaluate(self, examples: Sequence[Example], batch_size=256, nbest: int | None = None) -> dict:
         """The task's scores on labelled examples; `score` is what early stopping watches.

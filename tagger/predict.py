@@ -107,18 +107,14 @@ def _predict_chunk(model, chunk, source, fmt, batch_size, nbest) -> list[tuple[s
     task = model.labeller
     lines = [lineno for lineno, _ in chunk]
     examples = examples_from_texts([t for _, t in chunk], [f"{source}:{k}" for k in lines])
-    if nbest is not None:  # n-best lists: a record at a time (jsonl only, a CRF model)
-        preds = model.predict_examples(examples, batch_size=batch_size, nbest=nbest)
-        return [(task.format_record(task.record_nbest(ex, pred), lineno, fmt), len(ex.tokens))
-                for lineno, ex, pred in zip(lines, examples, preds)]
-    heads = task.jsonl_heads(examples, lines) if fmt == "jsonl" else None  # before the model runs
-    preds = model.predict_examples(examples, batch_size=batch_size)
+    # the 1-best JSON lines start before the model runs; n-best records are made whole
+    heads = task.jsonl_heads(examples, lines) if fmt == "jsonl" and nbest is None else None
+    preds = model.predict_examples(examples, batch_size=batch_size, nbest=nbest)
     if heads is not None:
         texts = task.jsonl_lines(heads, examples, preds)
     else:
-        texts = task.format_records(task.records(examples, preds), lines, fmt)
+        texts = task.format_records(task.records(examples, preds, nbest=nbest), lines, fmt)
     return [(text, len(ex.tokens)) for text, ex in zip(texts, examples)]
-
 
 def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256, nbest=None) -> int:
     """Predict every non-blank line of `lines` ((line number, line) pairs), calling
@@ -345,10 +341,8 @@ def predict_pretokenized(model, path: Path, kind: str, fmt: str, write, encoding
         lines = [lineno for lineno, _ in chunk]
         if rows:
             texts = [format_rows(ex, pred[0], fmt, field) for ex, pred in zip(examples, preds)]
-        elif nbest is not None:
-            texts = [task.format_record(task.record_nbest(ex, pred), k, fmt) for k, ex, pred in zip(lines, examples, preds)]
         else:
-            texts = task.format_records(task.records(examples, preds), lines, fmt)
+            texts = task.format_records(task.records(examples, preds, nbest=nbest), lines, fmt)
         for ex, text in zip(examples, texts):
             write(text, tokens=len(ex.tokens))
             n += 1

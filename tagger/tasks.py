@@ -17,7 +17,7 @@ module asks which task it is running:
     score       token accuracy + per-class report + conlleval spans (tag, span schemes);
                 accuracy + per-class report (classify)
     n-best      tag with a CRF: the k best tag sequences per sentence (decode_nbest,
-                empty_nbest, record_nbest; score_nbest adds the k-best oracle), within
+                empty_nbest, nbest_records; score_nbest adds the k-best oracle), within
                 the train scheme's tag grammar (crf_head, model.crf_constraints;
                 docs/crf.md)
 
@@ -165,9 +165,12 @@ class Task:
         """What `tagger predict` writes for one example: `records` of one."""
         return self.records([ex], [pred])[0]
 
-    def records(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+    def records(self, examples: Sequence[Example], preds: Sequence, nbest: int | None = None) -> list[dict]:
         """What `tagger predict` writes for each (example, prediction): the example's fields
-        (example_fields), then the prediction's."""
+        (example_fields), then the prediction's; with nbest, predict_examples(nbest=...)'s
+        predictions and their n-best lists (TagTask.nbest_records)."""
+        if nbest is not None:
+            return self.nbest_records(examples, preds)
         heads, tails = self.example_fields(examples), self.prediction_fields(examples, preds)
         return [{**head, **tail} for head, tail in zip(heads, tails)]
 
@@ -336,12 +339,13 @@ class TagTask(Task):
         """An empty sentence has one path, the empty one (score 0, probability 1)."""
         return [], [], [([], 0.0, 1.0)]
 
-    def record_nbest(self, ex: Example, pred) -> dict:
-        """`record` of the 1-best, plus "nbest": [{tags, score, probability}, ...] best first."""
-        return {
-            **self.record(ex, pred[:2]),
-            "nbest": [{"tags": tags, "score": score, "probability": prob} for tags, score, prob in pred[2]],
-        }
+    def nbest_records(self, examples: Sequence[Example], preds: Sequence) -> list[dict]:
+        """`records` of the 1-best (decode_nbest's first two fields), each plus "nbest":
+        [{tags, score, probability}, ...] best first."""
+        records = self.records(examples, [pred[:2] for pred in preds])  # the 1-best fields
+        for record, pred in zip(records, preds):
+            record["nbest"] = [{"tags": tags, "score": score, "probability": prob} for tags, score, prob in pred[2]]
+        return records
 
     def score_nbest(self, examples: Sequence[Example], preds: Sequence, k: int) -> dict:
         """`score` of the 1-best, plus "oracle": the scores of the n-best oracle (per
