@@ -264,11 +264,8 @@ def test_a_one_megabyte_line_stays_within_a_small_multiple_of_its_size(tmp_path,
 
 
 @pytest.mark.slow
-def test_blockwise_on_the_cuda_simulator(monkeypatch):
+def test_blockwise_on_the_cuda_simulator():
     """tests/cuda_streaming_cases.py under NUMBA_ENABLE_CUDASIM=1."""
-    from tests.ops import test_cuda
+    from tests.ops.cuda_subprocess import assert_cases_pass
 
-    monkeypatch.setattr(test_cuda, "CASES", REPO / "tests" / "cuda_streaming_cases.py")
-    rc, report = test_cuda._run_cases({"NUMBA_ENABLE_CUDASIM": "1"})
-    assert rc == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(REPO / "tests" / "cuda_streaming_cases.py")

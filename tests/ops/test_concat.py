@@ -2,9 +2,6 @@
 float64 finite differences on reference and cpu, cpu == reference, and (slow) the CUDA
 kernels in the simulator and as sm_90 PTX. The bad-input cases live in tests/ops/cases.py,
 so tests/ops/test_interface.py feeds them to every backend."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +9,9 @@ import pytest
 
 from tagger.ops import get_ops
 from tests.gradcheck import assert_grad_close, numeric_grad
+from tests.ops.cuda_subprocess import assert_cases_pass
 from tests.ops.concat_cases import SHAPES, pieces
 
-ROOT = Path(__file__).resolve().parents[2]
 REF, CPU = get_ops("reference"), get_ops("cpu")
 
 
@@ -60,14 +57,7 @@ def test_cpu_matches_reference(lead, widths, dtype):
 @pytest.mark.slow
 def test_cuda_concat_matches_reference_on_simulator():
     """tests/ops/cuda_concat_cases.py under NUMBA_ENABLE_CUDASIM=1 (a fresh interpreter)."""
-    cases = Path(__file__).with_name("cuda_concat_cases.py")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning", "-rfEs", str(cases)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    report = out.stdout[-6000:] + out.stderr[-2000:]
-    assert out.returncode == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(Path(__file__).with_name("cuda_concat_cases.py"), timeout=900)
 
 
 @pytest.mark.slow

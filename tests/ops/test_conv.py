@@ -5,8 +5,6 @@ one-line errors on every backend, and (slow) the CUDA kernels in the simulator a
 Legend as in tagger/ops/_conv_reference.py: X (B, T, I), W (Kw, I, F), b (F,), Y (B, To, F).
 """
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,9 @@ from tagger.errors import TaggerError
 from tagger.ops import get_ops
 from tagger.ops._conv_reference import conv1d_output_length, conv1d_output_spans
 from tests.gradcheck import assert_grad_close, numeric_grad
+from tests.ops.cuda_subprocess import assert_cases_pass
 from tests.ops.conv_cases import B, F, T, bad_calls, case, keras_conv1d, spans, with_nan_padding
 
-ROOT = Path(__file__).resolve().parents[2]
 REF, CPU = get_ops("reference"), get_ops("cpu")
 
 # ----------------------------------------------------------------------------------------
@@ -167,14 +165,7 @@ def test_bad_input_is_one_tagger_error_naming_the_argument(backend):
 def test_cuda_conv_matches_reference_on_simulator():
     """tests/ops/cuda_conv_cases.py under NUMBA_ENABLE_CUDASIM=1 (set before numba is
     imported, hence a fresh interpreter)."""
-    cases = Path(__file__).with_name("cuda_conv_cases.py")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning", "-rfEs", str(cases)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    report = out.stdout[-6000:] + out.stderr[-2000:]
-    assert out.returncode == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(Path(__file__).with_name("cuda_conv_cases.py"), timeout=900)
 
 
 def _ptx_variants():

@@ -4,6 +4,7 @@ between the backends and their CRF modules, and the CUDA kernels (compiled to sm
 run under the simulator in a subprocess: tests/ops/cuda_crf_cases.py). The numerics of
 the reference and cpu backends are tested in tests/layers/test_crf.py."""
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tagger.ops import _crf_cpu, get_ops
 from tagger.ops import _cuda_kernels as K
 from tagger.ops import _cuda_ptxas as P
 from tagger.ops import cuda as C
-from tests.ops import test_cuda
+from tests.ops.cuda_subprocess import assert_cases_pass
 
 BACKENDS = ("reference", "cpu", "cuda")
 CRF_OPS = ("crf_nll", "crf_marginals", "crf_viterbi", "crf_nbest")
@@ -134,21 +135,17 @@ def test_cuda_kernels_compile_to_sm90_ptx_without_spills(name, dtype):
         assert info["spill_stores"] == 0 and info["spill_loads"] == 0 and info["registers"] <= 255, info
 
 
-def _run_cases(monkeypatch, env):
-    monkeypatch.setattr(test_cuda, "CASES", test_cuda.CASES.with_name("cuda_crf_cases.py"))
-    rc, report = test_cuda._run_cases(env)
-    assert rc == 0, report
-    assert " passed" in report and "skipped" not in report, report
+CRF_CASES = Path(__file__).with_name("cuda_crf_cases.py")
 
 
 @pytest.mark.slow
-def test_cuda_crf_matches_reference_on_simulator(monkeypatch):
+def test_cuda_crf_matches_reference_on_simulator():
     """tests/ops/cuda_crf_cases.py under NUMBA_ENABLE_CUDASIM=1 (about 10 s)."""
-    _run_cases(monkeypatch, {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert_cases_pass(CRF_CASES)
 
 
 @pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(C.is_simulator() or not C.is_available(), reason="needs a real CUDA GPU")
-def test_cuda_crf_matches_reference_on_gpu(monkeypatch):
-    _run_cases(monkeypatch, {"NUMBA_ENABLE_CUDASIM": "0"})
+def test_cuda_crf_matches_reference_on_gpu():
+    assert_cases_pass(CRF_CASES, simulator=False)

@@ -1,10 +1,8 @@
 """The CUDA backend: numeric checks on a device in a subprocess (the signatures and the
 bad-input messages of every backend: test_interface.py).
 
-The numeric cases live in tests/ops/cuda_device_cases.py. NUMBA_ENABLE_CUDASIM must be
-set before numba is first imported, and other test modules import numba earlier in the
-same pytest process, so the cases run in a fresh interpreter with the variable set. A
-failure there fails this test, with the subprocess's report in the message.
+The numeric cases live in tests/ops/cuda_device_cases.py and run in a fresh interpreter
+(tests/ops/cuda_subprocess.py says why).
 """
 import os
 import subprocess
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tagger.ops import cuda as C
+from tests.ops.cuda_subprocess import assert_cases_pass
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).with_name("cuda_device_cases.py")
@@ -32,24 +31,11 @@ def test_import_touches_no_driver():
     assert out.stdout.split() == ["bool", "str", "False"]
 
 
-# a guard against a hung simulator, not a speed target: the cases need ~3 CPU-minutes,
-# and on a loaded shared machine that has taken over 10 minutes of wall time
-def _run_cases(extra_env, timeout=1800):
-    env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
-           "-rfEs", str(CASES)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    report = out.stdout[-6000:] + out.stderr[-2000:]
-    return out.returncode, report
-
-
 @pytest.mark.slow
 def test_cuda_ops_match_reference_on_simulator():
     """Every CUDA op vs the reference, gradients, determinism and a whole training step,
     under NUMBA_ENABLE_CUDASIM=1 (about a minute on 2 cores)."""
-    rc, report = _run_cases({"NUMBA_ENABLE_CUDASIM": "1"})
-    assert rc == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(CASES)
 
 
 @pytest.mark.slow
@@ -57,10 +43,7 @@ def test_cuda_ops_match_reference_on_simulator():
 @pytest.mark.skipif(C.is_simulator() or not C.is_available(), reason="needs a real CUDA GPU")
 def test_cuda_ops_match_reference_on_gpu():
     """The same cases on real hardware (runs wherever a GPU is present)."""
-    env = {"NUMBA_ENABLE_CUDASIM": "0"}
-    rc, report = _run_cases(env)
-    assert rc == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(CASES, simulator=False)
 
 
 def test_launch_constants_are_module_level():

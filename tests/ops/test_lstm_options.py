@@ -10,8 +10,6 @@ The semantics are in tagger/ops/reference.py's legend ("LSTM options"). Here:
     interpreter with NUMBA_ENABLE_CUDASIM=1) and sm_90 PTX (both slow).
 """
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,8 @@ from tagger.errors import TaggerError
 from tagger.ops import cpu as CPU
 from tagger.ops import reference as R
 from tests.gradcheck import assert_grad_close, numeric_grad
+from tests.ops.cuda_subprocess import assert_cases_pass
 
-ROOT = Path(__file__).resolve().parents[2]
 SIM_CASES = Path(__file__).with_name("cuda_lstm_option_cases.py")
 BACKENDS = {"reference": R, "cpu": CPU}
 
@@ -310,14 +308,7 @@ def test_matches_keras_equations(pair):
 def test_cuda_options_match_reference_on_simulator():
     """tests/ops/cuda_lstm_option_cases.py under NUMBA_ENABLE_CUDASIM=1, in a fresh
     interpreter (the variable must be set before numba is imported)."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning", "-rfEs",
-           str(SIM_CASES)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    report = out.stdout[-6000:] + out.stderr[-2000:]
-    assert out.returncode == 0, report
-    assert " passed" in report and "skipped" not in report, report
+    assert_cases_pass(SIM_CASES, timeout=900)
 
 
 LSTM_KERNELS = ("lstm_seq", "lstm_step", "lstm_bseq", "lstm_bstep", "lstm_last", "lstm_dstate0")
