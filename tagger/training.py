@@ -39,6 +39,7 @@ from tagger.io import load_model, read_metrics, save_model
 from tagger.models import Model, build_network, check_network_fits
 from tagger.optim import Patience, ReduceOnPlateau, clip_by_global_norm, make_optimizer
 from tagger.plot import write_curves
+from tagger.signals import give_back, take_over
 
 BEST, LAST = "model-best", "model-last"
 MPI_TIMING = "mpi_timing.json"  # under MPI: where a step's time went (report_timing)
@@ -335,17 +336,11 @@ class StopRequests:
         self.echo = echo  # under MPI rank 0 alone says so
 
     def __enter__(self) -> "StopRequests":
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (`cmd &`, nohup) stays ignored
-                    self.previous[sig] = signal.signal(sig, self._note)
-        except ValueError:  # not the main thread: signals stay as they were
-            pass
+        self.previous = take_over(self._note)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        give_back(self.previous)
         self.previous = {}
 
     def _note(self, signum, frame):

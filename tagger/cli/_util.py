@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as cx
 
 from tagger.errors import TaggerError
+from tagger.signals import give_back, take_over
 
 
 class Terminated(KeyboardInterrupt):
@@ -46,21 +47,12 @@ def _on_signal(signum, frame):
 @contextlib.contextmanager
 def _signal_handlers():
     """Ctrl-C and SIGTERM raise (and are remembered) while the block runs; restored after."""
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # a signal the process was started ignoring (a job started with `&` in a script
-            # ignores SIGINT) stays ignored, as Python itself leaves it
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, _on_signal)
-    except ValueError:  # not the main thread: leave the handlers alone
-        pass
+    previous = take_over(_on_signal)
     _signalled.clear()
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        give_back(previous)
 
 
 _reported: list[int] = []  # exit codes whose one line has been printed
