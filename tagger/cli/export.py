@@ -14,7 +14,8 @@ def export(
     model: Path = typer.Argument(..., help="a model directory (or a training output folder: its model-best)"),
     output: Path = typer.Argument(..., help="the ONNX file to write, e.g. model.onnx"),
 ):
-    """Export the network to ONNX: token ids and lengths in, per-token or per-text scores out."""
+    """Export the network to ONNX: token ids and lengths in (and each word's character ids
+    for a model with a character encoder), per-token or per-text scores out."""
     with user_errors():
         from tagger.export import export_onnx
 
