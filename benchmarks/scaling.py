@@ -73,16 +73,16 @@ def main(argv=None) -> None:
     base = rows[0]["tokens_per_s"]
     print(f"UD English-EWT UPOS, {args.steps} steps, {' '.join(args.set) or 'the config as it is'}, 1 thread per rank, "
           f"{os.cpu_count()} cores; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print("step, compute, comm, wait: median ms per step (tagger's mpi_timing.json), mean step and wait beside; "
+    print("step, compute, comm, wait: median ms per step (tagger's mpi_timing.json), mean step, wait and compute (the slowest rank's) beside; "
           "dense / rows: the dense Allreduce and the embedding-row exchange inside comm + wait")
     print(f"{'ranks':>5} {'steps':>6} {'train tok/s':>12} {'speed-up':>9} {'dev acc':>8} {'wall s':>7} "
-          f"{'step':>6} {'compute':>8} {'comm':>11} {'wait':>11} {'dense':>6} {'rows':>6} {'mean step':>10} {'mean wait':>10}")
+          f"{'step':>6} {'compute':>8} {'comm':>11} {'wait':>11} {'dense':>6} {'rows':>6} {'mean step':>10} {'mean wait':>10} {'mean comp':>10}")
     for r in rows:
         split = ""
         if "step_ms" in r:
             split = (f" {r['step_ms']:>6.1f} {r['compute_ms']:>8.1f} {r['communication_ms']:>5.1f} ({100 * r['communication_share']:>2.0f}%)"
                      f" {r['waiting_ms']:>5.1f} ({100 * r['waiting_share']:>2.0f}%) {r['dense_allreduce_ms']:>6.1f} {r['embedding_rows_ms']:>6.1f}"
-                     f" {r['step_mean_ms']:>10.1f} {r['waiting_mean_ms']:>10.1f}")
+                     f" {r['step_mean_ms']:>10.1f} {r['waiting_mean_ms']:>10.1f} {r['compute_mean_ms']:>10.1f}")
         print(f"{r['ranks']:>5} {r['steps']:>6} {r['tokens_per_s']:>12,.0f} {r['tokens_per_s'] / base:>9.2f} "
               f"{r['dev_accuracy']:>8.4f} {r['wall_s']:>7.1f}" + split)
 

@@ -8,7 +8,8 @@ Legend
 
 Every rank iterates the same global batches (same seed); DataParallel(model, world) is the
 `model` train_loop is handed: its train_step runs forward/backward on this rank's rows of
-the batch (share_batch), rescales the gradients from the share's mean loss to a share of
+the batch (a BatchShare, whose rows training.epoch_batches padded alone; or share_batch of
+a whole padded batch), rescales the gradients from the share's mean loss to a share of
 the batch's mean loss (local count / global count: tokens when labels are per token,
 sentences otherwise), and sums them over the ranks, so every rank applies the whole
 batch's gradient. allreduce_gradients sums:
@@ -32,6 +33,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -127,6 +129,16 @@ def share_batch(batch, rank: int, size: int):
     return pad_batch(ids, labels, batch.index[rows], chars)
 
 
+@dataclass
+class BatchShare:
+    """This rank's rows of a global batch (training.epoch_batches pads only them under MPI),
+    with what train_loop and the loss average read of the whole batch."""
+
+    mine: object  # PaddedBatch: the rows share(B, rank, R), padded to their own longest
+    n_tokens: int  # the global batch's real tokens
+    loss_count: int  # what its mean loss is averaged over (loss_count of the global batch)
+
+
 def loss_count(batch) -> int:
     """What a batch's mean loss is averaged over: real tokens (per-token labels) or sentences."""
     per_token = batch.labels is not None and batch.labels.ndim == 2
@@ -152,8 +164,11 @@ class DataParallel:
             return self.model.train_step(batch)
         start = time.perf_counter()
         self.times.started(start)
-        mine = share_batch(batch, w.rank, w.size)
-        local, total = loss_count(mine), loss_count(batch)
+        if isinstance(batch, BatchShare):
+            mine, total = batch.mine, batch.loss_count
+        else:
+            mine, total = share_batch(batch, w.rank, w.size), loss_count(batch)
+        local = loss_count(mine)
         loss = 0.0
         if mine.size:  # a batch smaller than the world leaves some ranks without rows
             loss = self.model.train_step(mine)
@@ -213,6 +228,7 @@ def timing_summary(w: World, times: StepTimes) -> dict | None:
         # descheduled) cost the throughput more than the median shows
         "step_mean_ms": round(float(rows["wall"].mean()) * 1e3, 3),
         "waiting_mean_ms": round(float(rows["waiting"].mean()) * 1e3, 3),
+        "compute_mean_ms": round(float(per_rank["compute"].max(axis=0).mean()) * 1e3, 3),  # the slowest rank's
         "compute_ms": ms["compute"],
         "communication_ms": ms["communication"], "waiting_ms": ms["waiting"],
         "dense_allreduce_ms": ms["dense"], "embedding_rows_ms": ms["rows"],

@@ -75,31 +75,55 @@ def singleton_replacements(model, train_examples) -> np.ndarray:
 
 def replace_singletons(batch, replacements, p, rng):
     """A copy of `batch` whose singleton words become their unknown-word entry with probability p."""
+    return _replaced(batch, replacements, p, rng.random(batch.ids.shape))
+
+
+def _replaced(batch, replacements, p, draw):
+    """replace_singletons with its uniform draw given: draw (>= B, >= T), row b of the
+    batch reads draw[b] (a share reads its rows of the whole batch's draw)."""
     target = replacements[batch.ids]
-    hit = (target >= 0) & (rng.random(batch.ids.shape) < p)
+    hit = (target >= 0) & (draw[: batch.ids.shape[0], : batch.ids.shape[1]] < p)
     return replace(batch, ids=np.where(hit, target, batch.ids).astype(batch.ids.dtype))
 
 
-def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0) -> Iterator[tuple[int, object]]:
+def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0,
+                  share: tuple[int, int] | None = None) -> Iterator[tuple[int, object]]:
     """(epoch, batch) for epochs start_epoch..tcfg.epochs: shuffled with seed + epoch, and with
     training.unk_replace > 0 singletons replaced (a generator per epoch seeded [seed, epoch]).
 
     A resumed run starts at `start_epoch` after its first `skip` batches; the replacement
     generator is replayed over the skipped ones (one draw per batch, as in the first run),
-    so the batches that follow are the ones the uninterrupted run saw."""
+    so the batches that follow are the ones the uninterrupted run saw.
+    share (rank, ranks): under MPI, each batch is a BatchShare: only this rank's rows of
+    the global batch are padded (distributed.share's rows, the same ids and replacements
+    as in the global batch), with the global batch's counts beside them.
+    The examples are encoded once, not once per epoch."""
+    from tagger.data.batching import batch_groups, pad_batch
+    from tagger.distributed import BatchShare, share as share_rows
+
     singletons = singleton_replacements(model, examples) if tcfg.unk_replace > 0 else None
+    ids, labels = model.encode(examples)
+    chars = model.encode_chars(examples)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    per_token = model.task == "tag"
     for epoch in range(start_epoch, tcfg.epochs + 1):
-        batches = model.batches(examples, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch)
+        groups = batch_groups(lengths, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch)
         unk_rng = np.random.default_rng([tcfg.seed, epoch])
-        for k, batch in enumerate(batches):
-            skipped = epoch == start_epoch and k < skip
-            if singletons is not None:
-                if skipped:
-                    unk_rng.random(batch.ids.shape)  # the draw replace_singletons made for it
-                else:
-                    batch = replace_singletons(batch, singletons, tcfg.unk_replace, unk_rng)
-            if not skipped:
-                yield epoch, batch
+        for k, group in enumerate(groups):
+            # the whole batch's draw, made for skipped batches too (see above)
+            draw = unk_rng.random((len(group), int(lengths[group[0]]))) if singletons is not None else None
+            if epoch == start_epoch and k < skip:
+                continue
+            picked = slice(None) if share is None else share_rows(len(group), *share)
+            rows = group[picked]
+            batch = pad_batch([ids[i] for i in rows], [labels[i] for i in rows], rows,
+                              None if chars is None else [chars[i] for i in rows])
+            if draw is not None:
+                batch = _replaced(batch, singletons, tcfg.unk_replace, draw[picked])
+            if share is not None:
+                n_tokens = int(lengths[group].sum())
+                batch = BatchShare(batch, n_tokens, n_tokens if per_token else len(group))
+            yield epoch, batch
 
 
 # ----------------------------------------------------------------------------------------
@@ -493,7 +517,8 @@ class Job:
         evaluate = (lambda: root_only(w, model.evaluate, dev)) if dev else None  # one score, on every rank
         self.parallel = DataParallel(model, w)
         self.steps = train_loop(
-            self.parallel, epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch), evaluate,
+            self.parallel, epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch,
+                                         share=(w.rank, w.size) if w.size > 1 else None), evaluate,
             run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm,
             schedule=self.schedule, state=self.state,
         )

@@ -217,3 +217,36 @@ def test_ctrl_c_saves_the_current_weights_and_keeps_the_optimizer_state_reachabl
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert (tmp_path / "model-best").is_dir()
     assert training.finalize(run)["interrupted"]
+
+
+@pytest.mark.parametrize("unit", ["sentences", "tokens"])
+def test_an_mpi_rank_pads_only_its_share_of_each_batch(quick, unit):
+    """epoch_batches(share=(r, R)) gives rank r exactly share_batch(whole batch, r, R): the
+    same rows, ids after the singleton replacement, labels and characters, with the whole
+    batch's counts; and the ranks' shares cover each batch once."""
+    from tagger.data.prepare import build_char_vocab, build_vocabularies, load_splits
+    from tagger.distributed import BatchShare, loss_count, share_batch
+    from tagger.models import Model, build_network
+
+    cfg = quick.model_copy(update={"training": quick.training.model_copy(
+        update={"unk_replace": 0.5, "batch_unit": unit, "batch_size": 64 if unit == "sentences" else 600})})
+    cfg = load_config(REPO / "configs" / "sample_pos.yaml", overrides=["model.chars.encoder=lstm"]).model_copy(
+        update={"training": cfg.training})
+    splits = load_splits(cfg)
+    words, labels = build_vocabularies(cfg, splits.train)
+    chars = build_char_vocab(cfg, splits.train)
+    model = Model(cfg, words, labels, build_network(cfg.model, len(words), len(labels), seed=0, n_chars=len(chars)),
+                  chars=chars)
+    whole = list(epoch_batches(model, splits.train, cfg.training))
+    shares = [list(epoch_batches(model, splits.train, cfg.training, share=(r, 3))) for r in range(3)]
+    assert all(len(s) == len(whole) for s in shares)
+    for k, (epoch, batch) in enumerate(whole):
+        got = [s[k] for s in shares]
+        assert all(e == epoch and isinstance(b, BatchShare) for e, b in got)
+        for r, (_, b) in enumerate(got):
+            want = share_batch(batch, r, 3)
+            for name in ("ids", "lengths", "labels", "index", "chars", "char_lengths"):
+                assert np.array_equal(getattr(b.mine, name), getattr(want, name)), (k, r, name)
+            assert (b.n_tokens, b.loss_count) == (batch.n_tokens, loss_count(batch))
+        assert sorted(i for _, b in got for i in b.mine.index.tolist()) == sorted(batch.index.tolist())
+    assert any(b.size > 1 for _, b in whole)

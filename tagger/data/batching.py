@@ -138,18 +138,37 @@ def make_batches(
     buffer:     examples sorted together (default: all of them).
     chars:      per example, its (n_words, C_k) character ids, or None (no character encoder).
     """
-    if unit not in ("sentences", "tokens"):
-        raise ValueError(f"unit must be 'sentences' or 'tokens', not {unit!r}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
     n = len(ids)
     if labels is not None and len(labels) != n:
         raise ValueError(f"{n} examples but {len(labels)} labels")
     if chars is not None and len(chars) != n:
         raise ValueError(f"{n} examples but {len(chars)} character matrices")
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+    return [
+        pad_batch([ids[k] for k in g], None if labels is None else [labels[k] for k in g], g,
+                  None if chars is None else [chars[k] for k in g])
+        for g in batch_groups(lengths, batch_size, unit, shuffle, seed, buffer)
+    ]
+
+
+def batch_groups(
+    lengths: np.ndarray,
+    batch_size: int = 32,
+    unit: str = "sentences",
+    shuffle: bool = False,
+    seed: int = 0,
+    buffer: int | None = None,
+) -> list[np.ndarray]:
+    """The examples of each batch make_batches makes (same arguments, lengths (n,) int):
+    per batch an int64 index array, longest example first (the row order pad_batch gives
+    them). Lets a caller pad only some rows of each batch (an MPI rank's share)."""
+    if unit not in ("sentences", "tokens"):
+        raise ValueError(f"unit must be 'sentences' or 'tokens', not {unit!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    n = len(lengths)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n) if shuffle else np.arange(n)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
     buffer = n if buffer is None else max(1, int(buffer))
 
     groups: list[np.ndarray] = []
@@ -167,11 +186,7 @@ def make_batches(
             i += take
     if shuffle:
         groups = [groups[k] for k in rng.permutation(len(groups))]
-    return [
-        pad_batch([ids[k] for k in g], None if labels is None else [labels[k] for k in g], g,
-                  None if chars is None else [chars[k] for k in g])
-        for g in groups
-    ]
+    return groups
 
 
 def restore_order(batches: Iterable[PaddedBatch], outputs: Iterable[Sequence]) -> list:
