@@ -149,8 +149,9 @@ class LSTM(Layer):
             rec_mask = ops.dropout_mask((B, self.units), self.recurrent_dropout, self.next_seed(), self.dtype)
         h0, c0 = self._initial_state(initial_state, B)
         weights, _ = self._weights_for_ops()
+        # train False: no backward follows, so the backend may keep no cache (for_backward)
         return (x, *weights, starts, lengths, self.go_backwards, in_mask, rec_mask,
-                self.activation, self.recurrent_activation, h0, c0)
+                self.activation, self.recurrent_activation, h0, c0, bool(train))
 
     def _initial_state(self, initial_state, batch):
         if initial_state is None:

@@ -646,14 +646,74 @@ def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m
     return Y, h_last, c_last, Cp, TCp, Hprev
 
 
+# Inference holds the pre-activations of this many bytes of steps at a time (a few steps
+# of a large batch, a whole sentence of a small one): see _recurrence_in_chunks.
+CHUNK_BYTES = 1 << 20
+
+
+def _chunk_offsets(offsets, B, K):
+    """Kernel offsets for _recurrence_in_chunks: step s of chunk c = s // K at its packed
+    place within the chunk, in half c mod 2 of a (2 K B)-row ring. (S + 2,) int64."""
+    s = np.arange(offsets.shape[0], dtype=np.int64)
+    first = (s // K) * K
+    return offsets - offsets[np.minimum(first, offsets.shape[0] - 1)] + ((s // K) % 2) * (K * B)
+
+
+def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts):
+    """_recurrence for inference: the same kernels and arithmetic, holding K steps of state
+    at a time instead of all N rows (K from CHUNK_BYTES: 2 steps of a 256-sentence batch
+    at H = 256, 32 of a 32-sentence batch at H = 128).
+
+    _lstm_fwd_step touches step s's rows at off_s, the previous step's at off_{s-1} and
+    the next one's at off_{s+1}. Handed _chunk_offsets instead of the packed offsets, it
+    runs in (2 K B, .) buffers: chunk c's steps in half c mod 2, and the steps before and
+    after a chunk in the other half. Step-major packing keeps a chunk's rows contiguous,
+    so fill(s0, s1, Z, base) writes the pre-activations of steps s0..s1-1 (packed rows
+    offsets[s0]..offsets[s1]) to Z[base:] in one call. Why: at H = 256 a 256-sentence
+    batch's Z alone is 21 MB, and two directions running at once pushed theirs out of this
+    machine's 32 MB L3: a second thread gave 1.1x instead of 1.8x (benchmarks/README.md).
+    Returns Y (B, T, H), h_last, c_last (B, H)."""
+    dt = U.dtype
+    B = order.shape[0]
+    H = U.shape[0]
+    S = counts.shape[0] - 1
+    K = max(1, CHUNK_BYTES // max(1, B * G * dt.itemsize))
+    ring = _chunk_offsets(offsets, B, K)
+    rows = 2 * K * B
+    Z = np.empty((rows, G), dtype=dt)
+    Cp = np.empty((rows, H), dtype=dt)
+    TCp = np.empty((rows, H), dtype=dt)
+    Hprev = np.empty((rows, H), dtype=dt)
+    has_h0 = opts.h0 is not None
+    n0 = counts[0] if S else 0
+    Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
+    Y = np.empty((B, T, H), dtype=dt)
+    _zero_padding(Y, starts, lengths)
+    h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
+    c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
+    R = np.zeros((B, GATES * H), dtype=dt)
+    for s in range(S):
+        if s % K == 0:
+            fill(s, min(s + K, S), Z, ring[s])
+        off = ring[s]
+        n = counts[s]
+        if s > 0 or has_h0:
+            np.matmul(Hprev[off : off + n], U, out=R[:n])
+        _lstm_fwd_step(s, ring, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+                       order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
+                       opts.gate_code, opts.cell_code)
+    return Y, h_last, c_last
+
+
 def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
-                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None, for_backward=True):
     """One LSTM direction over a padded batch (rows in any order, any padding side).
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
     in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
     activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
-    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache; for_backward False
+    (inference): cache None, and two steps of state held (_recurrence_two_steps).
     """
     starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X = np.ascontiguousarray(X)
@@ -674,10 +734,18 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
 
     Xp = np.empty((N, I), dtype=dt)
     _pack_rows(X, in_m, has_in, order, starts, lengths, offsets, counts, reverse, Xp)
+    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H)
+    if not for_backward:
+
+        def fill(s0, s1, Z, base):
+            np.matmul(Xp[offsets[s0] : offsets[s1]], W, out=Z[base : base + offsets[s1] - offsets[s0]])
+
+        Y, h_last, c_last = _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts, reverse,
+                                                  rec_m, has_rec, T, opts)
+        return Y, h_last, c_last, None
     Z = np.empty((N, G), dtype=dt)
     if N:
         np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
-    opts = _lstm_options(activation, recurrent_activation, h0, c0, order, rec_m, has_rec, dt, B, H)
     Y, h_last, c_last, Cp, TCp, Hprev = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
                                                     rec_m, has_rec, T, opts)
     cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
@@ -781,16 +849,17 @@ def _initial_state_grads(c, dZ, dhl, dcs, dh0, dc0):
 
 
 @njit(**_JIT_VIEWS)
-def _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z):
-    """Z[off_s + k] = P[ids[order[k], t]]  for every real step (the packed layout of _pack_rows)."""
+def _gather_steps(P, ids, order, starts, lengths, offsets, counts, s0, s1, reverse, Z, base):
+    """Z[base + off_s - off_s0 + k] = P[ids[order[k], t]] for steps s0 <= s < s1 and the
+    rows running at each: their input projections, looked up, packed from row base."""
     G = P.shape[1]
-    for s in range(counts.shape[0] - 1):
-        off = offsets[s]
+    for s in range(s0, s1):
+        row = base + offsets[s] - offsets[s0]
         for k in range(counts[s]):
             r = order[k]
             t = starts[r] + lengths[r] - 1 - s if reverse else starts[r] + s
             src = P[ids[r, t]]
-            dst = Z[off + k]
+            dst = Z[row + k]
             for j in range(G):
                 dst[j] = src[j]
 
@@ -825,13 +894,14 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
     U = np.ascontiguousarray(U, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
     starts, lengths, order, counts, offsets, S = _schedule(starts, lengths, B)
-    N = int(offsets[S])
     reverse = bool(reverse)
-    Z = np.empty((N, P.shape[1]), dtype=dt)
-    _gather_rows(P, ids, order, starts, lengths, offsets, counts, reverse, Z)
     opts = _lstm_options(activation, recurrent_activation, h0, c0, order, None, False, dt, B, U.shape[0])
-    Y, h_last, c_last, _, _, _ = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                             _placeholder(dt), False, T, opts)
+
+    def fill(s0, s1, Z, base):
+        _gather_steps(P, ids, order, starts, lengths, offsets, counts, s0, s1, reverse, Z, base)
+
+    Y, h_last, c_last = _recurrence_in_chunks(fill, P.shape[1], U, b, order, starts, lengths, offsets, counts,
+                                              reverse, _placeholder(dt), False, T, opts)
     return Y, h_last, c_last, None
 
 

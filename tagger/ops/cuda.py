@@ -285,13 +285,14 @@ class CudaLSTMCache:
 
 
 def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
-                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None, for_backward=True):
     """One LSTM direction over a padded batch (see reference.lstm_forward).
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int (host or device),
     in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
     activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
-    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache; with for_backward False
+    (inference: no lstm_backward will follow) the cache is None.
     """
     cell_code, gate_code = lstm_act_codes(activation, recurrent_activation)
     starts_h, lengths_h = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
@@ -334,7 +335,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     cache = CudaLSTMCache(Xm, W, U, starts_d, lengths_d, reverse, in_mask,
                           rm if rec_mask is not None else None, acts, C, Y, Hp, starts_h, lengths_h,
                           (cell_code, gate_code), state0[2] if c0 is not None else None)
-    return Y, h, c, cache
+    return Y, h, c, (cache if for_backward else None)
 
 
 def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):

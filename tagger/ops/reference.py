@@ -166,13 +166,14 @@ def _initial_state(s0, B, H, dtype):
 
 
 def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
-                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None):
+                 activation="tanh", recurrent_activation="sigmoid", h0=None, c0=None, for_backward=True):
     """One LSTM direction over a padded batch.
 
     X (B, T, I), W (I, G), U (H, G), b (G,), starts/lengths (B,) int,
     in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
     activation, recurrent_activation in LSTM_ACTIVATIONS (see the legend).
-    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache.
+    Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache; with for_backward False
+    (inference: no lstm_backward will follow) the cache is None.
     """
     lstm_act_codes(activation, recurrent_activation)
     starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
@@ -201,7 +202,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
         Y[rows, times] = h[rows]
     cache = LSTMCache(X, W, U, starts, lengths, bool(reverse), in_mask, rec_mask, acts, C, Y,
                       activation, recurrent_activation, h0, c0)
-    return Y, h, c, cache
+    return Y, h, c, (cache if for_backward else None)
 
 
 def _state_before(cache, rows, times, s, h_init, c_init):
