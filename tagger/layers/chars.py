@@ -8,6 +8,7 @@ them, F the output width: 2 * units ('lstm') or filters ('cnn').
 
 1. gather: the N real words (inside the word spans), sorted longest-first (stable), into
    one (N, Cn) batch of post-padded character sequences (host arrays: ids are host data);
+   at inference each distinct word once (distinct_words: the same features, fewer rows);
 2. Embedding(V, D) -> Dropout(dropout) on the character embeddings -> the encoder:
      'lstm'  Bidirectional(LSTM(units)) over each word's characters, return_sequences=False:
              the final forward state (after the last character) and the final backward
@@ -60,6 +61,20 @@ def gather_words(ids, spans, char_lengths):
     index = np.zeros(B * W, dtype=np.int64)
     index[rows] = np.arange(rows.size)
     return chars, lengths, index.reshape(B, W), real
+
+
+def distinct_words(chars, lengths, index):
+    """gather_words' batch with each distinct word once (inference: a word's features
+    depend on its characters alone). A 256-sentence batch of running text holds each word
+    type ~2.5 times, so the encoder runs on ~40 % of the rows. Returns (chars (U, Cn),
+    lengths (U,), index (B, W) into the U rows), the U words longest first."""
+    if chars.shape[0] < 2:
+        return chars, lengths, index
+    uniq, first, inverse = np.unique(chars, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(-lengths[first], kind="stable")  # longest first again
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return uniq[order], lengths[first][order], rank[inverse.reshape(-1)][index]
 
 
 def check_char_lengths(ids, char_lengths):
@@ -189,6 +204,8 @@ class CharEncoder(_Composite):
         self.ensure_built(ids.shape)
         lengths = check_char_lengths(ids, char_lengths)
         chars, clen, index, real = gather_words(ids, spans, lengths)
+        if not train:
+            chars, clen, index = distinct_words(chars, clen, index)
         ops = self.ops
         B, W, _ = ids.shape
         if chars.shape[0] == 0:  # no real word: nothing to encode, nothing to learn from

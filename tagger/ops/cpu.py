@@ -22,6 +22,10 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
                            dh_prev = dz_s @ U^T                (n_s, H) the only per-step GEMM
               dW += Xp^T dZ,  dU += Hprev^T dZ,  dX = unpack(dZ @ W^T) * in_mask
               three large GEMMs after the time loop.
+    inference lstm_forward(for_backward=False), lstm_forward_ids: the same step kernel
+              over a ring of two chunks of K steps (_recurrence_in_chunks): Z is made a
+              chunk at a time (one GEMM, or a table lookup, per chunk), and nothing of a
+              step is kept once the next chunk needs its place.
     options   activation / recurrent_activation other than (tanh, sigmoid), or h0 / c0:
               the same kernels, taking a per-call branch to loops that dispatch on an
               activation code (reference.LSTM_ACT_CODES); h0 enters as the step-0 rows of
@@ -671,7 +675,8 @@ def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts
     so fill(s0, s1, Z, base) writes the pre-activations of steps s0..s1-1 (packed rows
     offsets[s0]..offsets[s1]) to Z[base:] in one call. Why: at H = 256 a 256-sentence
     batch's Z alone is 21 MB, and two directions running at once pushed theirs out of this
-    machine's 32 MB L3: a second thread gave 1.1x instead of 1.8x (benchmarks/README.md).
+    machine's 32 MB L3: a second thread gave 1.1x instead of 1.8x (measured; the commit
+    that brought this in has the figures).
     Returns Y (B, T, H), h_last, c_last (B, H)."""
     dt = U.dtype
     B = order.shape[0]
@@ -713,7 +718,7 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     in_mask (B, I) or None, rec_mask (B, H) or None, h0/c0 (B, H) or None;
     activation, recurrent_activation: reference.LSTM_ACTIVATIONS.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache; for_backward False
-    (inference): cache None, and two steps of state held (_recurrence_two_steps).
+    (inference): cache None, and only a few steps of state held (_recurrence_in_chunks).
     """
     starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X = np.ascontiguousarray(X)

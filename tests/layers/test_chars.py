@@ -6,7 +6,7 @@ import pytest
 
 from tagger.errors import TaggerError
 from tagger.layers import LSTM, Bidirectional, Embedding, Sequential
-from tagger.layers.chars import CharEncoder, gather_words
+from tagger.layers.chars import CharEncoder, distinct_words, gather_words
 from tagger.ops import get_ops
 from tagger.spans import Spans
 from tests.gradcheck import assert_grad_close, numeric_grad
@@ -37,6 +37,45 @@ def test_gather_sorts_the_real_words_longest_first():
         k = index[b, w]
         np.testing.assert_array_equal(chars[k, : lengths[k]], ids[b, w, : LENGTHS[b, w]])
     assert not real[1, 2] and not real[2, 0]
+
+
+def test_distinct_words_keep_every_word_and_their_order():
+    ids = char_ids()
+    ids[2, 1] = ids[0, 1]  # repeat two words (same characters, same length)
+    ids[2, 3] = ids[0, 1]
+    lengths = LENGTHS.copy()
+    lengths[2, 1] = lengths[2, 3] = LENGTHS[0, 1]
+    chars, clen, index, real = gather_words(ids, WORDS, lengths)
+    uniq, ulen, uindex = distinct_words(chars, clen, index)
+    assert len(uniq) == len(chars) - 2 and (np.diff(ulen) <= 0).all()  # once each, longest first
+    assert len({tuple(row) for row in uniq.tolist()}) == len(uniq)
+    for b, w in zip(*np.nonzero(real)):
+        np.testing.assert_array_equal(uniq[uindex[b, w]], chars[index[b, w]])
+        assert ulen[uindex[b, w]] == clen[index[b, w]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_inference_encodes_each_distinct_word_once_with_the_same_features(monkeypatch, backend, kind):
+    """train=False encodes the distinct words only (here 7 of 9 rows), and gives what the
+    training-mode forward gives with no dropout."""
+    import tagger.layers.chars as chars_module
+
+    enc = encoder(kind, backend)
+    ids = char_ids()
+    ids[2, 1], ids[2, 3] = ids[0, 1], ids[0, 1]
+    lengths = LENGTHS.copy()
+    lengths[2, 1] = lengths[2, 3] = LENGTHS[0, 1]
+    rows = []
+    real_embedding = enc.embedding.forward
+    monkeypatch.setattr(enc.embedding, "forward", lambda x, *a, **k: rows.append(x.shape[0]) or real_embedding(x, *a, **k))
+    trained, _ = enc.forward(ids, WORDS, train=True, char_lengths=lengths)
+    inferred, _ = enc.forward(ids, WORDS, train=False, char_lengths=lengths)
+    assert rows == [9, 7]
+    np.testing.assert_allclose(np.asarray(inferred), np.asarray(trained), rtol=1e-12, atol=1e-14)
+    monkeypatch.setattr(chars_module, "distinct_words", lambda *a: a)  # without the dedup: the same
+    np.testing.assert_allclose(np.asarray(enc.forward(ids, WORDS, train=False, char_lengths=lengths)[0]),
+                               np.asarray(inferred), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "cnn"])
