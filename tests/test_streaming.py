@@ -130,8 +130,8 @@ def test_the_tables_are_used_as_the_whole_forward_uses_them(small_blocks, monkey
     """cpu with projected tables: the blockwise first layer reads them too (lstm_forward_ids)."""
     model = make_model("cpu")
     calls = []
-    real = model.ops.lstm_forward_ids
-    monkeypatch.setattr(model.ops, "lstm_forward_ids", lambda *a: calls.append(a[-2]) or real(*a))
+    real = model.ops._lstm_forward_ids  # what lstm_forward_ids and the pair op run
+    monkeypatch.setattr(model.ops, "_lstm_forward_ids", lambda *a, **k: calls.append(a[-2]) or real(*a, **k))
     ids = np.asarray(model.words.encode_batch([sentence(23, 1).tokens]), dtype=np.int64)
     whole = whole_scores(model, ids)
     calls.clear()

@@ -26,6 +26,9 @@ The LSTM (DESIGN.md, "The LSTM, the heart of it"):
               over a ring of two chunks of K steps (_recurrence_in_chunks): Z is made a
               chunk at a time (one GEMM, or a table lookup, per chunk), and nothing of a
               step is kept once the next chunk needs its place.
+    pairs     lstm_forward_pair / lstm_forward_ids_pair write the two directions' Y into
+              the halves of one (B, T, 2H) array (_joint_outputs), so the concat merge
+              returns it without a copy.
     options   activation / recurrent_activation other than (tanh, sigmoid), or h0 / c0:
               the same kernels, taking a per-call branch to loops that dispatch on an
               activation code (reference.LSTM_ACT_CODES); h0 enters as the step-0 rows of
@@ -94,8 +97,32 @@ _JIT_FMA_VIEWS = dict(_JIT_FMA, _nrt=False)
 
 # Non-LSTM ops where NumPy is already optimal: the reference functions themselves, so
 # semantics cannot drift.
-merge_forward = _ref.merge_forward
 merge_backward = _ref.merge_backward
+
+
+def merge_forward(Yf, Yb, mode):
+    """reference.merge_forward; a concat of the two halves of one array (what the pair ops
+    return, _joint_outputs) is that array, without a copy."""
+    if mode == "concat":
+        joint = _joint_of(Yf, Yb)
+        if joint is not None:
+            chk.check_merge_forward(Yf, Yb, mode)
+            return joint
+    return _ref.merge_forward(Yf, Yb, mode)
+
+
+def _joint_of(Yf, Yb):
+    """The (..., 2H) C-contiguous array whose [..., :H] is Yf and [..., H:] is Yb, or None."""
+    base = getattr(Yf, "base", None)
+    if not isinstance(base, np.ndarray) or getattr(Yb, "base", None) is not base or not base.flags.c_contiguous:
+        return None
+    H = Yf.shape[-1]
+    if Yf.shape != Yb.shape or base.shape != Yf.shape[:-1] + (2 * H,) or Yf.dtype != base.dtype:
+        return None
+    start = base.__array_interface__["data"][0]
+    if Yf.__array_interface__["data"][0] != start or Yb.__array_interface__["data"][0] != start + H * base.itemsize:
+        return None
+    return base
 concat_forward = _ref.concat_forward  # np.concatenate / slice copies: one memcpy per row and input
 concat_backward = _ref.concat_backward
 mul = _ref.mul
@@ -345,22 +372,22 @@ def _unpack_rows(dXp, in_mask, has_in_mask, order, starts, lengths, offsets, cou
 
 
 @njit(**_JIT_VIEWS)
-def _zero_padding(Y, starts, lengths):
-    """Y[b, t] = 0 outside each row's real span (the kernels write every real position, so
-    this replaces zero-filling the whole (B, T, .) array first)."""
+def _zero_padding(Y, starts, lengths, col, width):
+    """Y[b, t, col : col + width] = 0 outside each row's real span (the kernels write every
+    real position, so this replaces zero-filling the whole (B, T, .) array first)."""
     T = Y.shape[1]
     for r in range(Y.shape[0]):
         a = starts[r]
         e = starts[r] + lengths[r]
         for t in range(T):
             if t < a or t >= e:
-                y = Y[r, t]
-                for j in range(y.shape[0]):
+                y = Y[r, t, col : col + width]
+                for j in range(width):
                     y[j] = 0
 
 
 @njit(**_JIT_FMA_VIEWS)
-def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, col, h_last, c_last,
                    order, starts, lengths, reverse, rec_mask, has_rec_mask, c0s, has_c0, gate_code, cell_code):
     """One step of the recurrence for the n_s running rows (fused gate arithmetic).
 
@@ -368,7 +395,8 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
     step s). R (>=n_s, G): h_prev @ U (zeros at s = 0 without h0).
     c0s (B, H) sorted rows: the initial cell state when has_c0. gate_code, cell_code:
     recurrent_activation and activation (LSTM_ACT_CODES).
-    Writes c and act(c) to Cp, TCp (N, H); h to Y (B, T, H); h * rec_mask to Hprev rows of
+    Writes c and act(c) to Cp, TCp (N, H); h to Y[..., col : col + H] (Y (B, T, H), or the
+    (B, T, 2H) array both directions of a pair write into); h * rec_mask to Hprev rows of
     step s + 1 for the rows that continue, or h, c to h_last, c_last for rows that end.
     """
     H = Cp.shape[1]
@@ -423,7 +451,7 @@ def _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_las
                 c[j] = zi[j] * zg[j]
         # 3. h = o * act(c)
         tc = TCp[off + k]
-        y = Y[r, t]
+        y = Y[r, t, col : col + H]  # a unit-step slice of a C row: still contiguous to LLVM
         if cell_code == _TANH:
             for j in range(H):
                 tcj = _gate_tanh(c[j])
@@ -617,7 +645,20 @@ def _schedule(starts, lengths, B):
     return starts, lengths, order, counts, offsets, S
 
 
-def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts):
+def _output(out, shape, dtype):
+    """(buffer, col) a recurrence writes Y = buffer[..., col : col + H] into: `out` (the
+    pair's joint (B, T, 2H) array and this direction's column, see _joint_outputs) when it
+    fits, else a new (B, T, H) array. The kernels write every real step and _zero_padding
+    the rest, so it needs no initial value."""
+    B, T, H = shape
+    if out is not None:
+        joint, col = out
+        if joint.shape == (B, T, 2 * H) and joint.dtype == dtype:
+            return joint, col
+    return np.empty(shape, dtype=dtype), 0
+
+
+def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts, out=None):
     """The time loop over packed pre-activations Z (N, G) = x W: per step one (n_s, H) @ (H, G)
     GEMM and one fused gate kernel. Z becomes the gate activations in place. opts: an
     _LSTMOptions (activations, initial state).
@@ -633,8 +674,9 @@ def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m
     Hprev = np.empty((N, H), dtype=dt)
     n0 = counts[0] if S else 0
     Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
-    Y = np.empty((B, T, H), dtype=dt)
-    _zero_padding(Y, starts, lengths)
+    Ybuf, col = _output(out, (B, T, H), dt)
+    _zero_padding(Ybuf, starts, lengths, col, H)
+    Y = Ybuf[..., col : col + H]
     # rows that take no step keep the initial state as their final state
     h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
     c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
@@ -644,7 +686,7 @@ def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m
         n = counts[s]
         if s > 0 or has_h0:
             np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Ybuf, col, h_last, c_last,
                        order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
                        opts.gate_code, opts.cell_code)
     return Y, h_last, c_last, Cp, TCp, Hprev
@@ -663,7 +705,8 @@ def _chunk_offsets(offsets, B, K):
     return offsets - offsets[np.minimum(first, offsets.shape[0] - 1)] + ((s // K) % 2) * (K * B)
 
 
-def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts):
+def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts, reverse, rec_m, has_rec, T, opts,
+                          out=None):
     """_recurrence for inference: the same kernels and arithmetic, holding K steps of state
     at a time instead of all N rows (K from CHUNK_BYTES: 2 steps of a 256-sentence batch
     at H = 256, 32 of a 32-sentence batch at H = 128).
@@ -692,8 +735,9 @@ def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts
     has_h0 = opts.h0 is not None
     n0 = counts[0] if S else 0
     Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
-    Y = np.empty((B, T, H), dtype=dt)
-    _zero_padding(Y, starts, lengths)
+    Ybuf, col = _output(out, (B, T, H), dt)
+    _zero_padding(Ybuf, starts, lengths, col, H)
+    Y = Ybuf[..., col : col + H]
     h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
     c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
     R = np.zeros((B, GATES * H), dtype=dt)
@@ -704,7 +748,7 @@ def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts
         n = counts[s]
         if s > 0 or has_h0:
             np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, ring, counts, Z, R, b, Cp, TCp, Hprev, Y, h_last, c_last,
+        _lstm_fwd_step(s, ring, counts, Z, R, b, Cp, TCp, Hprev, Ybuf, col, h_last, c_last,
                        order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
                        opts.gate_code, opts.cell_code)
     return Y, h_last, c_last
@@ -720,6 +764,13 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), cache; for_backward False
     (inference): cache None, and only a few steps of state held (_recurrence_in_chunks).
     """
+    return _lstm_forward(X, W, U, b, starts, lengths, reverse, in_mask, rec_mask, activation, recurrent_activation,
+                         h0, c0, for_backward)
+
+
+def _lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None, activation="tanh",
+                  recurrent_activation="sigmoid", h0=None, c0=None, for_backward=True, out=None):
+    """lstm_forward, writing Y into `out` when it fits (_output)."""
     starts, lengths = chk.check_lstm_forward(X, W, U, b, starts, lengths, in_mask, rec_mask, h0=h0, c0=c0)
     X = np.ascontiguousarray(X)
     dt = X.dtype
@@ -746,13 +797,13 @@ def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_m
             np.matmul(Xp[offsets[s0] : offsets[s1]], W, out=Z[base : base + offsets[s1] - offsets[s0]])
 
         Y, h_last, c_last = _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts, reverse,
-                                                  rec_m, has_rec, T, opts)
+                                                  rec_m, has_rec, T, opts, out)
         return Y, h_last, c_last, None
     Z = np.empty((N, G), dtype=dt)
     if N:
         np.matmul(Xp, W, out=Z)  # the one large input GEMM (256-row chunks just in time: no faster)
     Y, h_last, c_last, Cp, TCp, Hprev = _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse,
-                                                    rec_m, has_rec, T, opts)
+                                                    rec_m, has_rec, T, opts, out)
     cache = LSTMCache(Xp, W, U, Z, Cp, TCp, Hprev, order, starts, lengths,
                       offsets, counts, reverse, in_m, has_in, rec_m, has_rec, (B, T, I), opts)
     return Y, h_last, c_last, cache
@@ -817,7 +868,7 @@ def lstm_backward(cache, dY, dh_last, dc_last, dW, dU, db, dh0=None, dc0=None):
     # 5. z = x W + h_prev U + b, as three large GEMMs over all steps
     db += db_acc
     dX = np.empty((B, T, I), dtype=dt)
-    _zero_padding(dX, c.starts, c.lengths)
+    _zero_padding(dX, c.starts, c.lengths, 0, I)
     if N:
         dW += c.Xp.T @ dZ
         n0 = 0 if o.h0 is not None else c.counts[0]  # Hprev is 0 at the first step without h0
@@ -892,6 +943,12 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
     P (V, G), ids (B, T) int, U (H, G), b (G,), starts/lengths (B,) int, h0/c0 (B, H) or None.
     Returns Y (B, T, H), h_last (B, H), c_last (B, H), None.
     """
+    return _lstm_forward_ids(P, ids, U, b, starts, lengths, reverse, activation, recurrent_activation, h0, c0)
+
+
+def _lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="tanh", recurrent_activation="sigmoid",
+                      h0=None, c0=None, out=None):
+    """lstm_forward_ids, writing Y into `out` when it fits (_output)."""
     ids, starts, lengths = chk.check_lstm_forward_ids(P, ids, U, b, starts, lengths)
     P = np.ascontiguousarray(P)
     dt = P.dtype
@@ -906,7 +963,7 @@ def lstm_forward_ids(P, ids, U, b, starts, lengths, reverse=False, activation="t
         _gather_steps(P, ids, order, starts, lengths, offsets, counts, s0, s1, reverse, Z, base)
 
     Y, h_last, c_last = _recurrence_in_chunks(fill, P.shape[1], U, b, order, starts, lengths, offsets, counts,
-                                              reverse, _placeholder(dt), False, T, opts)
+                                              reverse, _placeholder(dt), False, T, opts, out)
     return Y, h_last, c_last, None
 
 
@@ -940,13 +997,46 @@ def _submit(threads):
     return _pool().submit if threads >= 2 else None
 
 
+def _joint_outputs(rows_cols, U, dtype):
+    """One (B, T, 2H) array for the two directions of a pair to write their Y into, as
+    (array, column) per direction: each returns its half, a view, and merge_forward's
+    concat of the two halves is that array with no copy (the copy of 2 x (B, T, H) had
+    cost ~10 % of a 256-sentence batch's inference at H = 256)."""
+    try:
+        H = int(U.shape[0])
+        dt = np.dtype(dtype)
+        B, T = (int(n) for n in rows_cols[:2])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None, None  # not arrays: the op's own checks will say so
+    if dt.kind != "f" or min(B, T, H) < 0:
+        return None, None
+    joint = np.empty((B, T, 2 * H), dtype=dt)
+    return (joint, 0), (joint, H)
+
+
+def _into(op, out, args):
+    return op(*args, out=out)
+
+
+def _pair_into(where, op, args_fwd, args_bwd, threads, x=0):
+    """run_pair of op(*args, out=view) with the two views of _joint_outputs; args[x] is
+    the op's (B, T, ...) input (X or ids), args[0] sets the dtype, args[2] is U."""
+    chk.check_pair(where, args_fwd, args_bwd)  # before reading the tuples
+    first = args_fwd[x] if len(args_fwd) > 2 else None
+    out_f, out_b = _joint_outputs(getattr(first, "shape", ()), args_fwd[2] if len(args_fwd) > 2 else None,
+                                  getattr(args_fwd[0], "dtype", None))
+    return run_pair(where, lambda *a: _into(op, *a), (out_f, tuple(args_fwd)), (out_b, tuple(args_bwd)),
+                    submit=_submit(threads))
+
+
 def lstm_forward_pair(args_fwd, args_bwd, threads=None):
     """Run two independent lstm_forward calls, concurrently when threads >= 2.
 
     args_fwd, args_bwd: tuples of lstm_forward's positional arguments.
-    Returns (result_fwd, result_bwd), each what lstm_forward returns.
+    Returns (result_fwd, result_bwd), each what lstm_forward returns; the two Y are views
+    of one (B, T, 2H) array (_joint_outputs).
     """
-    return run_pair("lstm_forward_pair", lstm_forward, args_fwd, args_bwd, submit=_submit(threads))
+    return _pair_into("lstm_forward_pair", _lstm_forward, args_fwd, args_bwd, threads)
 
 
 def lstm_backward_pair(args_fwd, args_bwd, threads=None):
@@ -960,8 +1050,9 @@ def lstm_backward_pair(args_fwd, args_bwd, threads=None):
 
 
 def lstm_forward_ids_pair(args_fwd, args_bwd, threads=None):
-    """Two independent lstm_forward_ids calls, concurrently when threads >= 2."""
-    return run_pair("lstm_forward_ids_pair", lstm_forward_ids, args_fwd, args_bwd, submit=_submit(threads))
+    """Two independent lstm_forward_ids calls, concurrently when threads >= 2; the two Y
+    are views of one (B, T, 2H) array, as in lstm_forward_pair."""
+    return _pair_into("lstm_forward_ids_pair", _lstm_forward_ids, args_fwd, args_bwd, threads, x=1)
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ the training forward's, for every chunk size down to one step.
   * lstm_forward for_backward=False (one GEMM per chunk of steps instead of one for all):
     equal to the training forward to 1e-12 in float64 and 1e-6 in float32, with masks,
     an initial state, other activations, every padding side and both directions;
-  * every backend accepts for_backward and then returns no cache.
+  * every backend accepts for_backward and then returns no cache;
+  * the CPU pair ops write both directions into one (B, T, 2H) array, which merge_forward's
+    concat returns as it is.
 """
 from __future__ import annotations
 
@@ -96,10 +98,42 @@ def test_a_layer_forward_without_training_keeps_no_cache(monkeypatch):
     from tagger.layers import LSTM, Bidirectional
 
     seen = []
-    real = cpu.lstm_forward
-    monkeypatch.setattr(cpu, "lstm_forward", lambda *a, **k: seen.append(a[13]) or real(*a, **k))
+    real = cpu._lstm_forward  # what cpu.lstm_forward and the pair op run
+    monkeypatch.setattr(cpu, "_lstm_forward", lambda *a, **k: seen.append(a[13]) or real(*a, **k))
     layer = Bidirectional(LSTM(3, return_sequences=True, ops="cpu", dtype=np.float64), seed=0)
     x = np.random.default_rng(0).normal(size=(2, 4, 5))
     layer.forward(x, train=False)
     layer.forward(x, train=True)
     assert seen == [False, False, True, True]
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("pair", ["lstm_forward_pair", "lstm_forward_ids_pair"])
+def test_a_pair_writes_one_array_and_the_concat_is_it(pair, train):
+    """The pair ops write both directions' Y into one (B, T, 2H) array; merge_forward's
+    concat returns that array (no copy), bitwise the separate calls' concatenation. Any
+    other pair of arrays (the halves swapped, a copy) is concatenated as before."""
+    rng = np.random.default_rng(4)
+    X, W, U, b, *_ = lstm_case(np.float32, seed=4)
+    starts, lengths = spans("mixed")
+    Wb, Ub = (rng.normal(scale=0.5, size=a.shape).astype(np.float32) for a in (W, U))
+    if pair == "lstm_forward_pair":
+        args = [(X, W, U, b, starts, lengths, False, None, None, "tanh", "sigmoid", None, None, train),
+                (X, Wb, Ub, b, starts, lengths, True, None, None, "tanh", "sigmoid", None, None, train)]
+        single = cpu.lstm_forward
+    else:
+        ids = rng.integers(1, 8, size=X.shape[:2])
+        table = rng.normal(size=(8, X.shape[2])).astype(np.float32)
+        args = [(cpu.lstm_input_table(table, W), ids, U, b, starts, lengths, False),
+                (cpu.lstm_input_table(table, Wb), ids, Ub, b, starts, lengths, True)]
+        single = cpu.lstm_forward_ids
+    (Yf, *_), (Yb, *_) = getattr(cpu, pair)(*args)
+    merged = cpu.merge_forward(Yf, Yb, "concat")
+    assert merged.shape == Yf.shape[:-1] + (2 * Yf.shape[-1],) and np.shares_memory(merged, Yf)
+    want = np.concatenate([single(*args[0])[0], single(*args[1])[0]], axis=-1)
+    np.testing.assert_array_equal(merged, want)
+    swapped = cpu.merge_forward(Yb, Yf, "concat")
+    assert not np.shares_memory(swapped, Yf)
+    np.testing.assert_array_equal(swapped, np.concatenate([Yb, Yf], axis=-1))
+    np.testing.assert_array_equal(cpu.merge_forward(Yf.copy(), Yb.copy(), "concat"), want)
+    np.testing.assert_array_equal(cpu.merge_forward(Yf, Yb, "sum"), Yf + Yb)
