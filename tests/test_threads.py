@@ -127,3 +127,25 @@ def test_a_pair_run_is_bit_identical_with_one_and_two_threads(monkeypatch):
     assert g1.keys() == g2.keys() and g1
     for name in g1:
         np.testing.assert_array_equal(g1[name], g2[name], err_msg=str(name))
+
+
+def test_a_large_dense_forward_is_bit_identical_with_one_and_two_threads(monkeypatch):
+    """cpu.dense_forward splits a GEMM of SPLIT_ROWS rows or more in two halves, run in two
+    threads at 2: the split is by shape, so both thread counts give the same bits."""
+    from tagger.ops import cpu, reference
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(9, cpu.SPLIT_ROWS // 9 + 5, 64)).astype(np.float32)  # just above SPLIT_ROWS rows
+    W, b = rng.normal(size=(64, 7)).astype(np.float32), rng.normal(size=7).astype(np.float32)
+    calls = []
+    monkeypatch.setattr(cpu, "_submit", lambda n, _real=cpu._submit: calls.append(cpu.num_threads()) or _real(n))
+    threads.configure(1)
+    one = cpu.dense_forward(X, W, b)
+    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))
+    two = cpu.dense_forward(X, W, b)
+    threads.configure(1)
+    assert calls == [1, 2]
+    np.testing.assert_array_equal(one, two)
+    assert one.shape == (9, X.shape[1], 7)
+    np.testing.assert_allclose(one, reference.dense_forward(X.astype(np.float64), W.astype(np.float64),
+                                                            b.astype(np.float64)), rtol=1e-4, atol=1e-4)
