@@ -331,7 +331,13 @@ def minor_faults():
 
 def timed_pass(fn, batches, start, n):
     """(tokens, wall seconds, CPU seconds of this process, minor page faults) for n
-    consecutive batches."""
+    consecutive batches, after one untimed batch: the systems alternate, and PyTorch's
+    OpenMP/MKL workers spin-wait for a while after its last parallel region, so a pass
+    of ours timed from its first batch shared the cores with them (measured: our 2-thread
+    inference 298k tokens/s right after PyTorch's, 372k with OMP_WAIT_POLICY=PASSIVE,
+    which in turn halves PyTorch's own 2-thread training). The untimed batch lets the
+    previous system's threads go idle, and warms this one's."""
+    fn(*batches[(start - 1) % len(batches)])
     tokens = 0
     w0, c0, f0 = time.perf_counter(), time.process_time(), minor_faults()
     for q in range(start, start + n):
