@@ -65,8 +65,9 @@ def gather_words(ids, spans, char_lengths):
 
 def distinct_words(chars, lengths, index):
     """gather_words' batch with each distinct word once (inference: a word's features
-    depend on its characters alone). A 256-sentence batch of running text holds each word
-    type ~2.5 times, so the encoder runs on ~40 % of the rows. Returns (chars (U, Cn),
+    depend on its characters alone). In 256-line batches of UD-EWT text the distinct words
+    are 25-38 % of the tokens (mean 31 %), so the encoder runs on a third of the rows.
+    Returns (chars (U, Cn),
     lengths (U,), index (B, W) into the U rows), the U words longest first."""
     if chars.shape[0] < 2:
         return chars, lengths, index
