@@ -97,32 +97,7 @@ _JIT_FMA_VIEWS = dict(_JIT_FMA, _nrt=False)
 
 # Non-LSTM ops where NumPy is already optimal: the reference functions themselves, so
 # semantics cannot drift.
-merge_backward = _ref.merge_backward
-
-
-def merge_forward(Yf, Yb, mode):
-    """reference.merge_forward; a concat of the two halves of one array (what the pair ops
-    return, _joint_outputs) is that array, without a copy."""
-    if mode == "concat":
-        joint = _joint_of(Yf, Yb)
-        if joint is not None:
-            chk.check_merge_forward(Yf, Yb, mode)
-            return joint
-    return _ref.merge_forward(Yf, Yb, mode)
-
-
-def _joint_of(Yf, Yb):
-    """The (..., 2H) C-contiguous array whose [..., :H] is Yf and [..., H:] is Yb, or None."""
-    base = getattr(Yf, "base", None)
-    if not isinstance(base, np.ndarray) or getattr(Yb, "base", None) is not base or not base.flags.c_contiguous:
-        return None
-    H = Yf.shape[-1]
-    if Yf.shape != Yb.shape or base.shape != Yf.shape[:-1] + (2 * H,) or Yf.dtype != base.dtype:
-        return None
-    start = base.__array_interface__["data"][0]
-    if Yf.__array_interface__["data"][0] != start or Yb.__array_interface__["data"][0] != start + H * base.itemsize:
-        return None
-    return base
+merge_backward = _ref.merge_backward  # merge_forward: below the pair ops, whose output it reads
 concat_forward = _ref.concat_forward  # np.concatenate / slice copies: one memcpy per row and input
 concat_backward = _ref.concat_backward
 mul = _ref.mul
@@ -1027,6 +1002,31 @@ def _pair_into(where, op, args_fwd, args_bwd, threads, x=0):
                                   getattr(args_fwd[0], "dtype", None))
     return run_pair(where, lambda *a: _into(op, *a), (out_f, tuple(args_fwd)), (out_b, tuple(args_bwd)),
                     submit=_submit(threads))
+
+
+def merge_forward(Yf, Yb, mode):
+    """reference.merge_forward; a concat of the two halves of one array (what the pair ops
+    return, _joint_outputs) is that array, without a copy."""
+    if mode == "concat":
+        joint = _joint_of(Yf, Yb)
+        if joint is not None:
+            chk.check_merge_forward(Yf, Yb, mode)
+            return joint
+    return _ref.merge_forward(Yf, Yb, mode)
+
+
+def _joint_of(Yf, Yb):
+    """The (..., 2H) C-contiguous array whose [..., :H] is Yf and [..., H:] is Yb, or None."""
+    base = getattr(Yf, "base", None)
+    if not isinstance(base, np.ndarray) or getattr(Yb, "base", None) is not base or not base.flags.c_contiguous:
+        return None
+    H = Yf.shape[-1]
+    if Yf.shape != Yb.shape or base.shape != Yf.shape[:-1] + (2 * H,) or Yf.dtype != base.dtype:
+        return None
+    start = base.__array_interface__["data"][0]
+    if Yf.__array_interface__["data"][0] != start or Yb.__array_interface__["data"][0] != start + H * base.itemsize:
+        return None
+    return base
 
 
 def lstm_forward_pair(args_fwd, args_bwd, threads=None):
