@@ -149,3 +149,36 @@ def test_a_large_dense_forward_is_bit_identical_with_one_and_two_threads(monkeyp
     assert one.shape == (9, X.shape[1], 7)
     np.testing.assert_allclose(one, reference.dense_forward(X.astype(np.float64), W.astype(np.float64),
                                                             b.astype(np.float64)), rtol=1e-4, atol=1e-4)
+
+
+def test_the_optimizer_updates_in_two_threads_with_the_same_bits(monkeypatch):
+    """At a thread plan of 2 the CPU backend's Adam and SGD updates run in two halves at
+    once (optim._update_all); three training steps give the weights of one thread."""
+    from tagger.ops import cpu
+    from tagger.optim import SGD, Adam
+
+    def train(opt):
+        model = Sequential([Embedding(50, 16), Bidirectional(LSTM(24, return_sequences=True)), Dense(5)],
+                           seed=3, ops="cpu", dtype=np.float32)
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            ids = rng.integers(1, 50, size=(9, 13))
+            ids[2, 7:] = 0
+            y, backprop = model.forward(ids, train=True)
+            backprop(np.cos(np.asarray(y)))
+            opt.step(model)
+        return [np.array(w) for w in model.get_weights()]
+
+    submits = []
+    real = cpu.concurrent_submit
+    monkeypatch.setattr(cpu, "concurrent_submit", lambda: submits.append(real()) or submits[-1])
+    for make in (lambda: Adam(lr=1e-2), lambda: SGD(lr=0.1)):
+        threads.configure(1)
+        one = train(make())
+        monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))
+        two = train(make())
+        threads.configure(1)
+        assert len(one) == len(two) and one
+        for a, b in zip(one, two):
+            np.testing.assert_array_equal(a, b)
+    assert None in submits and any(s is not None for s in submits)  # both paths ran

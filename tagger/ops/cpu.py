@@ -51,6 +51,7 @@ Capabilities (tagger.ops.CAPABILITIES):
     PROJECTED_INFERENCE  True: lstm_forward_ids looks the input projection up in
                          lstm_input_table(embedding, W) instead of computing it
 Beyond OP_NAMES: compile_notice(), warmup()   Numba cache state, and compiling every kernel
+                 concurrent_submit()          the pair pool, for other work beside the caller's
 """
 from __future__ import annotations
 
@@ -970,6 +971,12 @@ def _submit(threads):
     """The executor's submit when the pair should run in two threads, else None."""
     threads = num_threads() if threads is None else threads
     return _pool().submit if threads >= 2 else None
+
+
+def concurrent_submit():
+    """The pair pool's submit for work beside the caller's when the thread plan has two
+    threads, else None (the optimizer's updates use it: tagger.optim._update_all)."""
+    return _submit(None)
 
 
 def _joint_outputs(rows_cols, U, dtype):
