@@ -78,9 +78,11 @@ def _update_all(work, update):
         halves[side].append((layer, k))
         cost[side] += _update_cost(layer, k)
     second = submit(lambda: [update(layer, k) for layer, k in halves[1]])
-    for layer, k in halves[0]:
-        update(layer, k)
-    second.result()
+    try:
+        for layer, k in halves[0]:
+            update(layer, k)
+    finally:
+        second.result()  # never return (or raise) while the other half still writes
 
 
 def _update_cost(layer, k) -> int:
