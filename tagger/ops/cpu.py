@@ -1001,8 +1001,8 @@ def _into(op, out, args):
 
 
 def _pair_into(where, op, args_fwd, args_bwd, threads, x=0):
-    """run_pair of op(*args, out=view) with the two views of _joint_outputs; args[x] is
-    the op's (B, T, ...) input (X or ids), args[0] sets the dtype, args[2] is U."""
+    """run_pair of op(*args, out=(joint, column)) with the two halves of _joint_outputs;
+    args[x] is the op's (B, T, ...) input (X or ids), args[0] sets the dtype, args[2] is U."""
     chk.check_pair(where, args_fwd, args_bwd)  # before reading the tuples
     first = args_fwd[x] if len(args_fwd) > 2 else None
     out_f, out_b = _joint_outputs(getattr(first, "shape", ()), args_fwd[2] if len(args_fwd) > 2 else None,
