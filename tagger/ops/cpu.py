@@ -639,33 +639,43 @@ def _recurrence(Z, U, b, order, starts, lengths, offsets, counts, reverse, rec_m
     GEMM and one fused gate kernel. Z becomes the gate activations in place. opts: an
     _LSTMOptions (activations, initial state).
     Returns Y (B, T, H), h_last, c_last (B, H), Cp, TCp, Hprev (N, H)."""
+    N, H = Z.shape[0], U.shape[0]
+    Cp, TCp, Hprev = (np.empty((N, H), dtype=Z.dtype) for _ in range(3))
+    Y, h_last, c_last = _time_loop(offsets, Z, Cp, TCp, Hprev, None, 1, U, b, order, starts, lengths, counts,
+                                   reverse, rec_m, has_rec, T, opts, out)
+    return Y, h_last, c_last, Cp, TCp, Hprev
+
+
+def _time_loop(kernel_offsets, Z, Cp, TCp, Hprev, fill, K, U, b, order, starts, lengths, counts, reverse,
+               rec_m, has_rec, T, opts, out):
+    """The steps of _recurrence and _recurrence_in_chunks: the rows of step s live at
+    kernel_offsets[s] of Z, Cp, TCp and Hprev (the packed offsets, or the chunk ring's);
+    fill(s, s1, Z, row), when given, writes the pre-activations of K steps from s at
+    every K-th step. Returns Y (B, T, H), h_last, c_last (B, H)."""
     dt = Z.dtype
     B = order.shape[0]
     H = U.shape[0]
-    N = Z.shape[0]
     S = counts.shape[0] - 1
     has_h0 = opts.h0 is not None
-    Cp = np.empty((N, H), dtype=dt)
-    TCp = np.empty((N, H), dtype=dt)
-    Hprev = np.empty((N, H), dtype=dt)
     n0 = counts[0] if S else 0
     Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
     Ybuf, col = _output(out, (B, T, H), dt)
     _zero_padding(Ybuf, starts, lengths, col, H)
-    Y = Ybuf[..., col : col + H]
     # rows that take no step keep the initial state as their final state
     h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
     c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
     R = np.zeros((B, GATES * H), dtype=dt)
     for s in range(S):
-        off = offsets[s]
+        off = kernel_offsets[s]
+        if fill is not None and s % K == 0:
+            fill(s, min(s + K, S), Z, off)
         n = counts[s]
         if s > 0 or has_h0:
             np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, offsets, counts, Z, R, b, Cp, TCp, Hprev, Ybuf, col, h_last, c_last,
+        _lstm_fwd_step(s, kernel_offsets, counts, Z, R, b, Cp, TCp, Hprev, Ybuf, col, h_last, c_last,
                        order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
                        opts.gate_code, opts.cell_code)
-    return Y, h_last, c_last, Cp, TCp, Hprev
+    return Ybuf[..., col : col + H], h_last, c_last
 
 
 # Inference holds the pre-activations of this many bytes of steps at a time (a few steps
@@ -698,36 +708,13 @@ def _recurrence_in_chunks(fill, G, U, b, order, starts, lengths, offsets, counts
     that brought this in has the figures).
     Returns Y (B, T, H), h_last, c_last (B, H)."""
     dt = U.dtype
-    B = order.shape[0]
-    H = U.shape[0]
-    S = counts.shape[0] - 1
+    B, H = order.shape[0], U.shape[0]
     K = max(1, CHUNK_BYTES // max(1, B * G * dt.itemsize))
-    ring = _chunk_offsets(offsets, B, K)
     rows = 2 * K * B
     Z = np.empty((rows, G), dtype=dt)
-    Cp = np.empty((rows, H), dtype=dt)
-    TCp = np.empty((rows, H), dtype=dt)
-    Hprev = np.empty((rows, H), dtype=dt)
-    has_h0 = opts.h0 is not None
-    n0 = counts[0] if S else 0
-    Hprev[:n0] = opts.h0s[:n0] if has_h0 else 0
-    Ybuf, col = _output(out, (B, T, H), dt)
-    _zero_padding(Ybuf, starts, lengths, col, H)
-    Y = Ybuf[..., col : col + H]
-    h_last = opts.h0.copy() if has_h0 else np.zeros((B, H), dtype=dt)
-    c_last = opts.c0.copy() if opts.c0 is not None else np.zeros((B, H), dtype=dt)
-    R = np.zeros((B, GATES * H), dtype=dt)
-    for s in range(S):
-        if s % K == 0:
-            fill(s, min(s + K, S), Z, ring[s])
-        off = ring[s]
-        n = counts[s]
-        if s > 0 or has_h0:
-            np.matmul(Hprev[off : off + n], U, out=R[:n])
-        _lstm_fwd_step(s, ring, counts, Z, R, b, Cp, TCp, Hprev, Ybuf, col, h_last, c_last,
-                       order, starts, lengths, reverse, rec_m, has_rec, opts.c0s, opts.c0 is not None,
-                       opts.gate_code, opts.cell_code)
-    return Y, h_last, c_last
+    Cp, TCp, Hprev = (np.empty((rows, H), dtype=dt) for _ in range(3))
+    return _time_loop(_chunk_offsets(offsets, B, K), Z, Cp, TCp, Hprev, fill, K, U, b, order, starts, lengths,
+                      counts, reverse, rec_m, has_rec, T, opts, out)
 
 
 def lstm_forward(X, W, U, b, starts, lengths, reverse=False, in_mask=None, rec_mask=None,
