@@ -98,7 +98,7 @@ def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0,
     the global batch are padded (distributed.share's rows, the same ids and replacements
     as in the global batch), with the global batch's counts beside them.
     The examples are encoded once, not once per epoch."""
-    from tagger.data.batching import batch_groups, pad_batch
+    from tagger.data.batching import batch_groups, pad_rows
     from tagger.distributed import BatchShare, share as share_rows
 
     singletons = singleton_replacements(model, examples) if tcfg.unk_replace > 0 else None
@@ -115,9 +115,7 @@ def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0,
             if epoch == start_epoch and k < skip:
                 continue
             picked = slice(None) if share is None else share_rows(len(group), *share)
-            rows = group[picked]
-            batch = pad_batch([ids[i] for i in rows], [labels[i] for i in rows], rows,
-                              None if chars is None else [chars[i] for i in rows])
+            batch = pad_rows(ids, labels, chars, group[picked])
             if draw is not None:
                 batch = _replaced(batch, singletons, tcfg.unk_replace, draw[picked])
             if share is not None:

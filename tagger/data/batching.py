@@ -144,11 +144,14 @@ def make_batches(
     if chars is not None and len(chars) != n:
         raise ValueError(f"{n} examples but {len(chars)} character matrices")
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-    return [
-        pad_batch([ids[k] for k in g], None if labels is None else [labels[k] for k in g], g,
-                  None if chars is None else [chars[k] for k in g])
-        for g in batch_groups(lengths, batch_size, unit, shuffle, seed, buffer)
-    ]
+    return [pad_rows(ids, labels, chars, g) for g in batch_groups(lengths, batch_size, unit, shuffle, seed, buffer)]
+
+
+def pad_rows(ids, labels, chars, rows) -> PaddedBatch:
+    """pad_batch of the examples at `rows` of encoded ids, labels (or None) and character
+    matrices (or None): one of batch_groups' batches, or some of its rows."""
+    return pad_batch([ids[k] for k in rows], None if labels is None else [labels[k] for k in rows], rows,
+                     None if chars is None else [chars[k] for k in rows])
 
 
 def batch_groups(
