@@ -112,16 +112,22 @@ def _bilstm_step(seed=3):
     return np.array(y), grads
 
 
+def _at_one_and_two_threads(monkeypatch, run):
+    """(run() at a thread plan of 1, run() at a plan of 2 threads, even on one core)."""
+    threads.configure(1)
+    one = run()
+    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))
+    two = run()
+    threads.configure(1)
+    return one, two
+
+
 def test_a_pair_run_is_bit_identical_with_one_and_two_threads(monkeypatch):
     from tagger.ops import cpu
 
     calls = []
     monkeypatch.setattr(cpu, "_submit", lambda n, _real=cpu._submit: calls.append(cpu.num_threads()) or _real(n))
-    threads.configure(1)
-    y1, g1 = _bilstm_step()
-    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))  # two threads even on one core
-    y2, g2 = _bilstm_step()
-    threads.configure(1)
+    (y1, g1), (y2, g2) = _at_one_and_two_threads(monkeypatch, _bilstm_step)
     assert 1 in calls and 2 in calls  # both runs really went through the pair ops
     np.testing.assert_array_equal(y1, y2)
     assert g1.keys() == g2.keys() and g1
@@ -139,11 +145,7 @@ def test_a_large_dense_forward_is_bit_identical_with_one_and_two_threads(monkeyp
     W, b = rng.normal(size=(64, 7)).astype(np.float32), rng.normal(size=7).astype(np.float32)
     calls = []
     monkeypatch.setattr(cpu, "_submit", lambda n, _real=cpu._submit: calls.append(cpu.num_threads()) or _real(n))
-    threads.configure(1)
-    one = cpu.dense_forward(X, W, b)
-    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))
-    two = cpu.dense_forward(X, W, b)
-    threads.configure(1)
+    one, two = _at_one_and_two_threads(monkeypatch, lambda: cpu.dense_forward(X, W, b))
     assert calls == [1, 2]
     np.testing.assert_array_equal(one, two)
     assert one.shape == (9, X.shape[1], 7)
@@ -173,11 +175,7 @@ def test_the_optimizer_updates_in_two_threads_with_the_same_bits(monkeypatch):
     real = cpu.concurrent_submit
     monkeypatch.setattr(cpu, "concurrent_submit", lambda: submits.append(real()) or submits[-1])
     for make in (lambda: Adam(lr=1e-2), lambda: SGD(lr=0.1)):
-        threads.configure(1)
-        one = train(make())
-        monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))
-        two = train(make())
-        threads.configure(1)
+        one, two = _at_one_and_two_threads(monkeypatch, lambda: train(make()))
         assert len(one) == len(two) and one
         for a, b in zip(one, two):
             np.testing.assert_array_equal(a, b)
