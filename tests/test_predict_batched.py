@@ -115,10 +115,13 @@ def test_batched_predict_is_byte_identical_to_the_per_sentence_path(name, fmt, s
     assert len(new.parts) == len(old.parts) == n_new and new.tokens == old.tokens > n_new
 
 
-def test_word_ids_are_the_tokenizers_whatever_the_cache_holds():
-    words = untrained("pos").words
+@pytest.mark.parametrize("lowercase", [True, False])  # a normalizer; a plain lookup (_encode_words_uncached)
+def test_word_ids_are_the_tokenizers_whatever_the_cache_holds(lowercase):
+    words = untrained("pos", **{"vocab.lowercase": lowercase}).words
+    assert words.lowercase == lowercase and words.unknown_classes
     sentences = [pretokenize(line) for line in LINES if line.strip()]
-    sentences = [[t for t, _ in s] for s in sentences] + [["", "The", "THE", "zzz-top", "Qqq"]]
+    sentences = [[t for t, _ in s] for s in sentences] + [["", "The", "THE", "zzz-top", "Qqq"],
+                                                          ["[UNK]", "[PAD]", "[UNK-Cap]", "[UNK-Nothing]", " "]]
     want = old_encode_batch(words, sentences)
     assert words.encode_batch(sentences) == want
     assert words.encode_batch(sentences) == want  # from the cache this time
