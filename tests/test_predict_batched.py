@@ -121,7 +121,8 @@ def test_word_ids_are_the_tokenizers_whatever_the_cache_holds(lowercase):
     assert words.lowercase == lowercase and words.unknown_classes
     sentences = [pretokenize(line) for line in LINES if line.strip()]
     sentences = [[t for t, _ in s] for s in sentences] + [["", "The", "THE", "zzz-top", "Qqq"],
-                                                          ["[UNK]", "[PAD]", "[UNK-Cap]", "[UNK-Nothing]", " "]]
+                                                          ["[UNK]", "[PAD]", "[UNK-Cap]", "[UNK-Nothing]", " "],
+                                                          ["ΟΔΟΣ", "İstanbul", "STRASSE", "ǅemal", "ﬁne", "THE"]]
     want = old_encode_batch(words, sentences)
     assert words.encode_batch(sentences) == want
     assert words.encode_batch(sentences) == want  # from the cache this time
