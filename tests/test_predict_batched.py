@@ -115,7 +115,7 @@ def test_batched_predict_is_byte_identical_to_the_per_sentence_path(name, fmt, s
     assert len(new.parts) == len(old.parts) == n_new and new.tokens == old.tokens > n_new
 
 
-@pytest.mark.parametrize("lowercase", [True, False])  # a normalizer; a plain lookup (_encode_words_uncached)
+@pytest.mark.parametrize("lowercase", [True, False])  # both lookups of _encode_words_uncached
 def test_word_ids_are_the_tokenizers_whatever_the_cache_holds(lowercase):
     words = untrained("pos", **{"vocab.lowercase": lowercase}).words
     assert words.lowercase == lowercase and words.unknown_classes

@@ -281,8 +281,8 @@ class WordVocab:
         """The id of each word as the tokenizer gives it for a one-word sentence: the
         WordLevel model is a lookup of the normalized word in its vocabulary, [UNK] when
         absent, so that lookup is done here directly, through the tokenizer's own
-        normalizer: 1.2 us per new word instead of 2.9 (measured; `tagger predict` meets
-        new words all along a large input). tests/test_predict_batched.py checks it
+        normalizer: 1.2-1.5 us per new word instead of 2.9-3.8 (measured; `tagger predict`
+        meets new words all along a large input). tests/test_predict_batched.py checks it
         against the tokenizer itself."""
         vocab, unknown, norm = self._vocab, self.unknown_id, self.tokenizer.normalizer
         if norm is None:
