@@ -197,3 +197,14 @@ def test_init_config_writes_the_chars_section():
     assert raw["model"]["chars"]["encoder"] == "none"
     assert {"char_min_freq", "max_chars"} <= set(raw["vocab"])
     assert "first ceil(k/2) and last floor(k/2)" in default_config_text("tag")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_config_loads_and_names_files_that_exist(path, corpora):
+    """The configs benchmarks/accuracy.py and the README run: valid, and every data file
+    they name is there (the corpora folder for ${corpora})."""
+    cfg = load_config(path, corpora_root=corpora)
+    named = [p for p in (cfg.data.train, cfg.data.dev, cfg.data.test) if p]
+    assert cfg.data.train and named
+    for p in named:
+        assert Path(p).is_file(), f"{path.name}: {p}"
