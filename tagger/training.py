@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.data.batching import batch_groups
+from tagger.data.batching import batch_groups, sequence_lengths
 from tagger.data.prepare import Splits, build_char_vocab, build_vocabularies, load_splits, pretrained_matrix
 from tagger.device import announce_compile, resolve_device
 from tagger.distributed import DataParallel, World, check_weights, global_max, root_only, timing_summary, world
@@ -105,7 +105,7 @@ def epoch_batches(model, examples, tcfg, start_epoch: int = 1, skip: int = 0,
     singletons = singleton_replacements(model, examples) if tcfg.unk_replace > 0 else None
     ids, labels = model.encode(examples)
     chars = model.encode_chars(examples)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    lengths = sequence_lengths(ids)
     per_token = model.task == "tag"
     for epoch in range(start_epoch, tcfg.epochs + 1):
         groups = batch_groups(lengths, tcfg.batch_size, tcfg.batch_unit, shuffle=True, seed=tcfg.seed + epoch)
@@ -505,8 +505,8 @@ class Job:
             restore(run, ckpt, self.schedule)
             self.state = ckpt.loop
         # counted, not made: padding a whole epoch to count its batches cost ~0.2 s at start-up on EWT
-        lengths = np.fromiter((len(ex.tokens) for ex in run.splits.train), dtype=np.int64, count=len(run.splits.train))
-        n_batches = len(batch_groups(lengths, tcfg.batch_size, tcfg.batch_unit))
+        n_batches = len(batch_groups(sequence_lengths([ex.tokens for ex in run.splits.train]), tcfg.batch_size,
+                                     tcfg.batch_unit))
         total = tcfg.epochs * n_batches if tcfg.max_steps is None else min(tcfg.max_steps, tcfg.epochs * n_batches)
         self.bar = Progress(total, progress and w.is_root, initial=self.state.step)
         self.log = self.models = None

@@ -143,8 +143,13 @@ def make_batches(
         raise ValueError(f"{n} examples but {len(labels)} labels")
     if chars is not None and len(chars) != n:
         raise ValueError(f"{n} examples but {len(chars)} character matrices")
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+    lengths = sequence_lengths(ids)
     return [pad_rows(ids, labels, chars, g) for g in batch_groups(lengths, batch_size, unit, shuffle, seed, buffer)]
+
+
+def sequence_lengths(sequences: Sequence) -> np.ndarray:
+    """(n,) int64: the length of each sequence (word ids or tokens), what batch_groups reads."""
+    return np.fromiter((len(x) for x in sequences), dtype=np.int64, count=len(sequences))
 
 
 def pad_rows(ids, labels, chars, rows) -> PaddedBatch:

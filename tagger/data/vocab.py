@@ -285,10 +285,8 @@ class WordVocab:
         meets new words all along a large input). tests/test_predict_batched.py checks it
         against the tokenizer itself."""
         vocab, unknown, norm = self._vocab, self.unknown_id, self.tokenizer.normalizer
-        if norm is None:
-            return [unknown(w) if (i := vocab.get(w, UNK_ID)) == UNK_ID else i for w in words]
-        normalize = norm.normalize_str
-        return [unknown(w) if (i := vocab.get(normalize(w), UNK_ID)) == UNK_ID else i for w in words]
+        keys = words if norm is None else map(norm.normalize_str, words)
+        return [unknown(w) if (i := vocab.get(key, UNK_ID)) == UNK_ID else i for w, key in zip(words, keys)]
 
     def encode_text(self, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:
         """Raw text -> ``(ids, tokens, offsets)``; tokens are the original surface strings."""
