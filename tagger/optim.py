@@ -73,10 +73,11 @@ def _update_all(work, update):
             update(layer, k)
         return
     halves, cost = ([], []), [0, 0]
-    for layer, k in sorted(work, key=lambda item: -_update_cost(*item)):
+    costed = sorted(((_update_cost(layer, k), i) for i, (layer, k) in enumerate(work)), key=lambda item: -item[0])
+    for units, i in costed:  # largest first, each to the lighter half
         side = 0 if cost[0] <= cost[1] else 1
-        halves[side].append((layer, k))
-        cost[side] += _update_cost(layer, k)
+        halves[side].append(work[i])
+        cost[side] += units
     second = submit(lambda: [update(layer, k) for layer, k in halves[1]])
     try:
         for layer, k in halves[0]:
