@@ -24,10 +24,14 @@ import time
 
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy and numba are imported
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blas_env  # noqa: E402
+
+if __name__ == "__main__":
+    blas_env.choose()  # before numpy: OpenBLAS's own kernel unless --blas env
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lstm_speed import bucketed_batches, sentence_lengths  # noqa: E402
 
 E, H = 100, 128
@@ -39,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--corpora", default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", type=int, default=40, help="training batches per repeat (inference: a quarter)")
+    blas_env.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -123,6 +128,7 @@ def main(argv=None):
             rates[s.name]["infer"].append(timed(s.infer, infer))
     print(f"bare BiLSTM layer, E {E}, H {H} per direction, 1 thread; lengths {source}; "
           f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after; median of {args.repeats} interleaved repeats")
+    print(f"BLAS: {blas_env.describe()}")
     print(f"{'system':32s} {'train tok/s':>12s} {'infer tok/s':>12s}")
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rates.items()}
     for n, r in med.items():

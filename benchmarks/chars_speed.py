@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blas_env  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -25,6 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, default=10, help="batches per timed pass")
     p.add_argument("--repeats", type=int, default=3, help="timed passes (the median is reported)")
     p.add_argument("--seed", type=int, default=0)
+    blas_env.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -32,6 +37,7 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be fixed before numpy (and its BLAS) is imported
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    blas_env.choose()  # OpenBLAS's own kernel unless --blas env
 
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -86,6 +92,7 @@ def measure(kind, batches, repeats, seed=0):
 def main(args):
     batches = make_batches(args.batches, args.batch, args.seed)
     kinds = ["lstm", "cnn"] if args.encoder == "both" else [args.encoder]
+    print(f"BLAS: {blas_env.describe()}")
     print(f"{args.batches} batches of {args.batch} sentences, {sum(s.n_tokens for _, s, _ in batches)} words; "
           f"threads {args.threads}")
     for kind in kinds:

@@ -26,6 +26,9 @@ import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blas_env  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--no-compile-times", action="store_true", help="skip the cold/cached compile measurements")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="print every repeat")
+    blas_env.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -58,6 +62,7 @@ if ARGS is not None:  # thread counts must be fixed before numpy (and its BLAS) 
     for var, n in (("NUMBA_NUM_THREADS", ARGS.threads), ("OMP_NUM_THREADS", _blas),
                    ("OPENBLAS_NUM_THREADS", _blas), ("MKL_NUM_THREADS", _blas)):
         os.environ[var] = str(n)
+    blas_env.choose()  # OpenBLAS's own kernel unless --blas env
 
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -432,6 +437,7 @@ def main(args):
     train_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.batch, rng)]
     infer_batches = [make_batch(lens, rng) for lens in bucketed_batches(lengths, args.infer_batch, rng)]
     print(f"lengths: {source}: {len(lengths)} sentences, mean {lengths.mean():.1f}, max {lengths.max()}")
+    print(f"BLAS: {blas_env.describe()}")
     print(f"threads: {args.threads} (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
           f"OPENBLAS/MKL/OMP={os.environ['OPENBLAS_NUM_THREADS']}; torch.set_num_threads({args.threads}); "
           f"tagger plan: {plan.pair} direction thread(s), BLAS {plan.blas} each)")

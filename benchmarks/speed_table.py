@@ -30,11 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+import blas_env  # noqa: E402
+
+if __name__ == "__main__":
+    blas_env.choose()  # before numpy: OpenBLAS's own kernel unless --blas env
+
+import numpy as np  # noqa: E402
 
 import lstm_speed as ls  # noqa: E402  (its data, models and interleaved timing)
 
@@ -53,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--predict-batches", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    blas_env.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -149,6 +154,7 @@ def print_table(args, layers, predict, gemm):
             a, b = (layers[n][1][k] for k in names)
             print(f"ours / torch at {n} thread(s): train {a['train'] / b['train']:.2f}x, infer {a['infer'] / b['infer']:.2f}x")
     print("GEMM limit (float32 NumPy matmul): " + ", ".join(f"{n} thread(s) {gemm[n] / 1e9:.1f} GFLOP/s" for n in threads))
+    print(f"BLAS: {blas_env.describe()}")
     print(f"\npredict: BiLSTM {PREDICT_UNITS} (E {PREDICT_EMB}), {PREDICT_LINES} lines, words/s mean [95% bootstrap]")
     for n in threads:
         e, m = predict[n]["end_to_end"], predict[n]["model_only"]

@@ -160,6 +160,27 @@ def configure(requested: int | None = None, announce: bool = False) -> ThreadPla
     return plan
 
 
+# Variables that pin OpenBLAS's kernel: some machines set them for old OpenBLAS builds that
+# miscompute or crash on new CPUs. NumPy's current OpenBLAS runs fine without them, and the
+# pin can halve its GEMM rate (this Zen 5 VM: Haswell's AVX2 kernel 128 GFLOP/s a core,
+# the SkylakeX AVX-512 kernel it picks itself 230-246).
+BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_description() -> str:
+    """The loaded BLAS and its kernel, e.g. "openblas 0.3.31, kernel SkylakeX", plus the
+    environment's pins when set ("(OPENBLAS_CORETYPE=Haswell)"); what a speed figure ran on."""
+    from threadpoolctl import threadpool_info
+
+    libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    if not libs:
+        return "no BLAS loaded"
+    lib = libs[0]
+    text = f"{lib.get('internal_api')} {lib.get('version')}, kernel {lib.get('architecture', '?')}"
+    pins = [f"{v}={os.environ[v]}" for v in BLAS_PINS if os.environ.get(v)]
+    return text + (f" (pinned by {', '.join(pins)})" if pins else "")
+
+
 def current_plan() -> ThreadPlan | None:
     """The plan configure() applied, or None (library use without the CLI)."""
     return _PLAN

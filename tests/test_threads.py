@@ -180,3 +180,15 @@ def test_the_optimizer_updates_in_two_threads_with_the_same_bits(monkeypatch):
         for a, b in zip(one, two):
             np.testing.assert_array_equal(a, b)
     assert None in submits and any(s is not None for s in submits)  # both paths ran
+
+
+def test_blas_description_names_the_kernel_and_the_environments_pins(monkeypatch):
+    for var in threads.BLAS_PINS:
+        monkeypatch.delenv(var, raising=False)
+    plain = threads.blas_description()
+    from threadpoolctl import threadpool_info
+
+    kernel = next(lib for lib in threadpool_info() if lib["user_api"] == "blas")["architecture"]
+    assert plain.endswith(f"kernel {kernel}") and "pinned" not in plain
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # read as set: the loaded BLAS is not reloaded
+    assert threads.blas_description() == f"{plain} (pinned by OPENBLAS_CORETYPE=Haswell)"

@@ -154,7 +154,7 @@ def speed(
     """Words/s end to end and model-only, with bootstrap 95% intervals, at 1 and N threads."""
     with user_errors():
         from tagger.errors import TaggerError
-        from tagger.threads import configure
+        from tagger.threads import blas_description, configure
 
         if threads is not None and threads < 1:
             raise TaggerError(f"--threads {threads}: must be >= 1 (default: every core this process may use)")
@@ -165,7 +165,9 @@ def speed(
         plan = configure(threads)  # caps (and says so) past the cores available
         report = {"model": str(model), "text": str(text), "batches": batches, "batch_size": batch_size,
                   "cores": plan.cores, "cores_source": plan.source,
-                  "load_average": [round(x, 2) for x in os.getloadavg()], "threads": {}}
+                  "load_average": [round(x, 2) for x in os.getloadavg()], "blas": blas_description(),
+                  "threads": {}}
+        print(f"BLAS: {report['blas']}", file=sys.stderr)
         for n in sorted({1, plan.threads}):
             configure(n)
             result = measure(m, chunks, batch_size)

@@ -22,6 +22,8 @@ def test_benchmark_speed_reports_both_rates_at_one_and_n_threads(cli, untrained_
     if "2" in expected:
         assert set(report["scaling"]) == {"end_to_end", "model_only"}
     assert "end to end" in result.stderr and "model only" in result.stderr
+    assert report["blas"].startswith("openblas ") and " kernel " in report["blas"]  # the rates' BLAS
+    assert f"BLAS: {report['blas']}" in result.stderr
 
 
 def test_benchmark_speed_caps_threads_past_the_cores(cli, untrained_pos):
