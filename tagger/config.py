@@ -223,6 +223,14 @@ class TrainingConfig(Section):
     checkpoint_every: int | None = Field(
         None, ge=1, description="also write OUT/checkpoint/ (for --resume) every N steps (null = only at evaluations)"
     )
+    use_ema: bool = Field(
+        False,
+        description="evaluate and save the exponential moving average of the weights (Keras' use_ema); the updates themselves use the weights",
+    )
+    ema_momentum: float = Field(
+        0.99, ge=0.0, lt=1.0,
+        description="use_ema: after every update, average = ema_momentum * average + (1 - ema_momentum) * weights",
+    )
     unk_replace: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="replace words seen once in train by their [UNK] class with this probability, so the unknown-word rows are learned (Lample et al. 2016 use 0.5)",

@@ -6,8 +6,14 @@ the layer's ops backend. Embedding gradients are sparse: a layer records in
 `grad_rows[k]` which rows a batch touched, and the lazy update touches only those rows
 (on a 20k x 100 table a dense Adam step costs more than the whole LSTM).
 
+Moving average (Keras' `use_ema`): with `ema_momentum` set, every update is followed by
+average = ema_momentum * average + (1 - ema_momentum) * weights for every parameter,
+embedding rows included (a row a batch did not touch still moves its average towards its
+weights); the average starts as the weights before the first update. Training runs on the
+weights; `averaged(model)` puts the averages in for evaluation and saving.
+
 State: `Optimizer.get_state()` is a dict of plain NumPy arrays named
-`layer/param/slot` (Adam: m, v; SGD: velocity) plus `step` and `lr`; `set_state()`
+`layer/param/slot` (Adam: m, v; SGD: velocity; and ema with a moving average) plus `step` and `lr`; `set_state()`
 takes the same dict (moments are placed on a parameter's backend when it is first
 updated), so a checkpoint can hold the optimizer beside the weights.
 
@@ -17,6 +23,7 @@ far; patience `n` is exhausted after `n` evaluations in a row without improvemen
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -56,7 +63,7 @@ def clip_by_global_norm(model, max_norm):
     return norm
 
 
-def _update_all(work, update):
+def _update_all(work, update, dense=False):
     """update(layer, k) for every slot of `work`. On a backend that runs work in two threads
     (the CPU backend's concurrent_submit, at a thread plan of 2) the slots go in two halves
     of about equal cost at once: each update touches only its own slot's arrays and its
@@ -73,7 +80,7 @@ def _update_all(work, update):
             update(layer, k)
         return
     halves, cost = ([], []), [0, 0]
-    costed = sorted(((_update_cost(layer, k), i) for i, (layer, k) in enumerate(work)), key=lambda item: -item[0])
+    costed = sorted(((_update_cost(layer, k, dense), i) for i, (layer, k) in enumerate(work)), key=lambda item: -item[0])
     for units, i in costed:  # largest first, each to the lighter half
         side = 0 if cost[0] <= cost[1] else 1
         halves[side].append(work[i])
@@ -86,10 +93,11 @@ def _update_all(work, update):
         second.result()  # never return (or raise) while the other half still writes
 
 
-def _update_cost(layer, k) -> int:
-    """Values a lazy update of slot k touches: its touched rows, or all of it."""
+def _update_cost(layer, k, dense=False) -> int:
+    """Values a lazy update of slot k touches: its touched rows, or all of it (always all
+    of it when `dense`: the moving average's pass)."""
     p, rows = layer.params[k], layer.grad_rows[k]
-    if rows is None:
+    if rows is None or dense:
         return int(np.prod(p.shape))
     return len(rows) * int(np.prod(p.shape[1:]))
 
@@ -100,11 +108,16 @@ class Optimizer:
 
     SLOTS: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
-    def __init__(self, lr, weight_decay=0.0):
+    def __init__(self, lr, weight_decay=0.0, ema_momentum=None):
         if lr <= 0:
             raise TaggerError(f"learning rate must be positive, got {lr}")
+        if ema_momentum is not None and not 0 <= ema_momentum < 1:
+            raise TaggerError(f"ema_momentum must lie in [0, 1), got {ema_momentum}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
+        self.ema_momentum = None if ema_momentum is None else float(ema_momentum)
+        # this optimizer's slots: its own, and the moving average last
+        self.slot_names = type(self).SLOTS + (("ema",) if self.ema_momentum is not None else ())
         self.step_count = 0
         self.state: dict = {}  # (id(layer), k) -> [slot arrays on the layer's backend]
         self.names: dict = {}  # (id(layer), k) -> ("layer/param", the layer's ops)
@@ -116,8 +129,11 @@ class Optimizer:
             p = layer.params[k]
             name = f"{layer.name}/{layer.param_names[k]}"
             arrays = []
-            for slot in self.SLOTS:
+            for slot in self.slot_names:
                 saved = self.pending.pop(f"{name}/{slot}", None)
+                if saved is None and slot == "ema":  # the average starts as the weights
+                    arrays.append(layer.ops.asarray(np.array(layer.ops.to_numpy(p)), dtype=p.dtype))
+                    continue
                 if saved is None:
                     arrays.append(layer.ops.zeros(tuple(p.shape), dtype=p.dtype))
                     continue
@@ -132,7 +148,7 @@ class Optimizer:
         out = {"step": np.array(self.step_count, dtype=np.int64), "lr": np.array(self.lr, dtype=np.float64)}
         for key, arrays in self.state.items():
             name, ops = self.names[key]
-            for slot, arr in zip(self.SLOTS, arrays):
+            for slot, arr in zip(self.slot_names, arrays):
                 out[f"{name}/{slot}"] = np.array(ops.to_numpy(arr))
         out.update({name: np.array(arr) for name, arr in self.pending.items()})
         return out
@@ -142,8 +158,8 @@ class Optimizer:
         if "step" not in state or "lr" not in state:
             raise TaggerError("optimizer state: needs 'step' and 'lr' (as written by get_state)")
         for name in state:
-            if name not in ("step", "lr") and name.rpartition("/")[2] not in self.SLOTS:
-                raise TaggerError(f"optimizer state {name}: not a {type(self).__name__} slot ({', '.join(self.SLOTS)})")
+            if name not in ("step", "lr") and name.rpartition("/")[2] not in self.slot_names:
+                raise TaggerError(f"optimizer state {name}: not a {type(self).__name__} slot ({', '.join(self.slot_names)})")
         self.step_count = int(state["step"])
         self.lr = float(state["lr"])
         self.state, self.names = {}, {}
@@ -155,7 +171,8 @@ class Optimizer:
         work = slots(model)
         for layer, k in work:
             self._state(layer, k)  # every state exists before the updates may run in two threads
-        _update_all(work, self.update)
+        _update_all(work, self.update if self.ema_momentum is None else self._update_and_average,
+                    dense=self.ema_momentum is not None)
         for layer in _leaves(model):
             if layer.trainable:
                 layer.version += 1
@@ -163,6 +180,29 @@ class Optimizer:
 
     def update(self, layer, k):
         raise NotImplementedError
+
+    def _update_and_average(self, layer, k):
+        self.update(layer, k)
+        layer.ops.ema_update(self._state(layer, k)[-1], layer.params[k], self.ema_momentum)
+
+    @contextlib.contextmanager
+    def averaged(self, model):
+        """Inside the block, every updated parameter of `model` holds its moving average;
+        after it, the weights again, bit for bit. Without a moving average: nothing."""
+        swapped = []
+        try:
+            if self.ema_momentum is not None:
+                for layer in _leaves(model):
+                    keys = [(id(layer), k) for k in range(len(layer.params))]
+                    if not layer.trainable or not keys or any(key not in self.state for key in keys):
+                        continue  # never updated: its weights are its average
+                    weights = layer.get_weights()
+                    layer.set_weights([layer.ops.to_numpy(self.state[key][-1]) for key in keys])
+                    swapped.append((layer, weights))
+            yield
+        finally:
+            for layer, weights in swapped:
+                layer.set_weights(weights)
 
 
 class Adam(Optimizer):
@@ -174,12 +214,12 @@ class Adam(Optimizer):
     included (TensorFlow's LazyAdam); untouched rows keep their weights and moments.
     """
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0, lazy=True):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0, lazy=True, ema_momentum=None):
+        super().__init__(lr, weight_decay, ema_momentum)
         self.beta1, self.beta2, self.eps, self.lazy = beta1, beta2, eps, lazy
 
     def update(self, layer, k):
-        m, v = self._state(layer, k)
+        m, v = self._state(layer, k)[:2]  # then the moving average, if any
         rows = layer.grad_rows[k] if self.lazy else None
         if rows is not None and len(rows) == 0:
             return
@@ -194,12 +234,12 @@ class SGD(Optimizer):
 
     """SGD with momentum (heavy ball) and decoupled weight decay; lazy rows as in Adam."""
 
-    def __init__(self, lr=0.1, momentum=0.9, weight_decay=0.0, lazy=True):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.1, momentum=0.9, weight_decay=0.0, lazy=True, ema_momentum=None):
+        super().__init__(lr, weight_decay, ema_momentum)
         self.momentum, self.lazy = momentum, lazy
 
     def update(self, layer, k):
-        (velocity,) = self._state(layer, k)
+        velocity = self._state(layer, k)[0]
         rows = layer.grad_rows[k] if self.lazy else None
         if rows is not None and len(rows) == 0:
             return
@@ -208,11 +248,12 @@ class SGD(Optimizer):
         )
 
 
-def make_optimizer(name, lr, weight_decay=0.0, momentum=0.9):
+def make_optimizer(name, lr, weight_decay=0.0, momentum=0.9, ema_momentum=None):
+    """ema_momentum: keep a moving average of the weights (None: none)."""
     if name == "adam":
-        return Adam(lr=lr, weight_decay=weight_decay)
+        return Adam(lr=lr, weight_decay=weight_decay, ema_momentum=ema_momentum)
     if name == "sgd":
-        return SGD(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return SGD(lr=lr, momentum=momentum, weight_decay=weight_decay, ema_momentum=ema_momentum)
     raise TaggerError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 

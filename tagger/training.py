@@ -495,7 +495,8 @@ class Job:
     def __init__(self, run: Run, progress: bool):
         tcfg, model, w = run.config.training, run.model, run.world
         self.run, self.w, self.tcfg = run, w, tcfg
-        run.optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)
+        run.optimizer = make_optimizer(tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum,
+                                       tcfg.ema_momentum if tcfg.use_ema else None)
         self.schedule = (
             ReduceOnPlateau(run.optimizer, tcfg.lr_factor, tcfg.lr_patience, tcfg.min_lr) if tcfg.lr_schedule == "plateau" else None
         )
@@ -515,7 +516,7 @@ class Job:
             self.models = Checkpoints(model, run.output_dir)
             self.models.best_saved = bool(ckpt and ckpt.log.get("best_saved"))
         dev = run.splits.dev
-        evaluate = (lambda: root_only(w, model.evaluate, dev)) if dev else None  # one score, on every rank
+        evaluate = (lambda: self.averaged(root_only, w, model.evaluate, dev)) if dev else None  # one score, on every rank
         self.parallel = DataParallel(model, w)
         self.steps = train_loop(
             self.parallel, epoch_batches(model, run.splits.train, tcfg, self.state.epoch, self.state.in_epoch,
@@ -523,6 +524,12 @@ class Job:
             run.optimizer, Stop.from_config(tcfg), eval_every=tcfg.eval_every, clip_norm=tcfg.clip_norm,
             schedule=self.schedule, state=self.state,
         )
+
+    def averaged(self, fn, *args):
+        """fn(*args) with the weights' moving averages in the network (training.use_ema;
+        otherwise the weights): what is evaluated and saved. Checkpoints keep both."""
+        with self.run.optimizer.averaged(self.run.model.network):
+            return fn(*args)
 
     def consume(self, s: Step) -> None:
         if self.w.is_root:
@@ -539,7 +546,7 @@ class Job:
     def _write(self, s: Step, ckpt: Checkpoint) -> None:
         if s.evaluated:
             self.log(s)
-            self.models(s)
+            self.averaged(self.models, s)
         ckpt.log = {**self.log.counters(), "best_saved": self.models.best_saved}
         save_checkpoint(ckpt, self.run.output_dir)
 
@@ -550,7 +557,7 @@ class Job:
         ckpt = snapshot(self.run, self.state, self.schedule) if whole else None
 
         def write():
-            self.models.interrupted()
+            self.averaged(self.models.interrupted)
             if ckpt is not None:
                 ckpt.log = {**self.log.counters(), "best_saved": self.models.best_saved}
                 save_checkpoint(ckpt, self.run.output_dir)
@@ -586,7 +593,7 @@ def execute(run: Run, progress=True) -> None:
             job.bar.close()
     report_timing(run, job.parallel)
     if run.world.is_root and not job.models.best_saved:
-        save_model(run.model, run.output_dir / BEST)
+        job.averaged(save_model, run.model, run.output_dir / BEST)
 
 
 def report_timing(run: Run, parallel: DataParallel) -> None:

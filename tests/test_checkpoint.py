@@ -62,6 +62,28 @@ def test_the_checkpoint_holds_weights_optimizer_counters_and_position(tmp_path):
     assert not list((tmp_path / CHECKPOINT).parent.glob(".checkpoint*"))  # no temporary, no .old left
 
 
+def test_use_ema_saves_and_scores_the_average_and_checkpoints_keep_the_weights(tmp_path):
+    from tagger.data.prepare import load_splits
+    from tagger.io import load_model, read_metrics
+
+    train(config("training.max_steps=12", "training.use_ema=true", "training.ema_momentum=0.9"), tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path)  # written at the last evaluation, step 12, as model-last
+    last = load_model(tmp_path / "model-last")
+    moved = 0
+    for name, w in last.network.named_weights():
+        np.testing.assert_array_equal(w, ckpt.optimizer[f"{name}/ema"], err_msg=name)  # the model is the average
+        moved += not np.array_equal(w, ckpt.weights[name])  # the checkpoint, the weights
+    assert moved == len(ckpt.weights)
+    dev = last.evaluate(load_splits(config()).dev)
+    assert dev["score"] == read_metrics(tmp_path / "model-last")["dev"]["score"]  # scored as saved
+    # a resumed run continues the average exactly
+    train(config("training.max_steps=20", "training.use_ema=true", "training.ema_momentum=0.9"), tmp_path / "whole",
+          progress=False)
+    train(config("training.max_steps=20", "training.use_ema=true", "training.ema_momentum=0.9"), tmp_path,
+          progress=False, resume=True)
+    assert weights(tmp_path / "model-last") == weights(tmp_path / "whole" / "model-last")
+
+
 def test_resume_is_refused_without_a_checkpoint_or_with_another_config(tmp_path):
     with pytest.raises(TaggerError, match=r"--resume: .*checkpoint does not exist.*train without --resume"):
         train(config(), tmp_path / "none", progress=False, resume=True)

@@ -179,6 +179,69 @@ def test_optimizer_state_round_trips_as_named_numpy_arrays(name, slots):
         np.testing.assert_array_equal(value, resumed.get_state()[key], err_msg=key)
 
 
+# ----------------------------------------------------------------------------------------
+# the moving average of the weights (use_ema)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_moving_average_is_kerases_formula_over_every_weight(name):
+    layers = [embedding(seed=20), dense(seed=21)]
+    opt = make_optimizer(name, 0.05, ema_momentum=0.75)
+    snapshots = [[w for layer in layers for w in layer.get_weights()]]  # before the first update
+    for k in range(4):
+        _run(opt, layers, 1, seed=30 + k)  # the embedding rows 1 + k and 2 only
+        snapshots.append([w for layer in layers for w in layer.get_weights()])
+    expected = [w.copy() for w in snapshots[0]]  # the average starts as the weights
+    for weights in snapshots[1:]:
+        expected = [0.75 * a + 0.25 * w for a, w in zip(expected, weights)]
+    state = opt.get_state()
+    names = ["embedding/embeddings", "output/kernel", "output/bias"]
+    for n, want in zip(names, expected):
+        np.testing.assert_allclose(state[f"{n}/ema"], want, rtol=1e-13, atol=1e-15, err_msg=n)
+    # row 7 was never touched: its weights never moved, and neither did its average
+    np.testing.assert_array_equal(state["embedding/embeddings/ema"][7], snapshots[0][0][7])
+    # row 1 was touched once, at the first step: its average still moved towards it after
+    assert not np.array_equal(state["embedding/embeddings/ema"][1], snapshots[1][0][1])
+    np.testing.assert_allclose(state["embedding/embeddings/ema"][1], expected[0][1], rtol=1e-13)
+
+
+def test_averaged_swaps_the_averages_in_and_the_weights_back_bit_for_bit():
+    layers = [embedding(seed=22), dense(seed=23)]
+    opt = Adam(lr=0.05, ema_momentum=0.5)
+    _run(opt, layers, 3, seed=40)
+    weights = [w for layer in layers for w in layer.get_weights()]
+    versions = [layer.version for layer in layers]
+    state = opt.get_state()
+    with opt.averaged(layers):
+        inside = [w for layer in layers for w in layer.get_weights()]
+        for n, got in zip(["embedding/embeddings", "output/kernel", "output/bias"], inside):
+            np.testing.assert_array_equal(got, state[f"{n}/ema"])
+        assert all(layer.version > v for layer, v in zip(layers, versions))  # cached tables are stale
+        assert not np.array_equal(inside[1], weights[1])
+    for got, want in zip([w for layer in layers for w in layer.get_weights()], weights):
+        assert got.tobytes() == want.tobytes()
+    with Adam(lr=0.05).averaged(layers):  # no moving average: the weights stay
+        assert all(np.array_equal(a, b) for a, b in zip([w for layer in layers for w in layer.get_weights()], weights))
+
+
+def test_moving_average_state_round_trips_and_resumes_exactly():
+    layers, twins = [embedding(seed=24), dense(seed=25)], [embedding(seed=26), dense(seed=27)]
+    opt = Adam(lr=0.05, ema_momentum=0.9)
+    _run(opt, layers, 2, seed=50)
+    for layer, twin in zip(layers, twins):
+        twin.set_weights(layer.get_weights())
+    resumed = Adam(lr=0.05, ema_momentum=0.9)
+    resumed.set_state(opt.get_state())
+    _run(opt, layers, 2, seed=60)
+    _run(resumed, twins, 2, seed=60)
+    for key, value in opt.get_state().items():
+        np.testing.assert_array_equal(value, resumed.get_state()[key], err_msg=key)
+    assert {k for k in opt.get_state() if k.endswith("/ema")} == {
+        "embedding/embeddings/ema", "output/kernel/ema", "output/bias/ema"}
+    with pytest.raises(TaggerError, match="ema_momentum must lie in"):
+        Adam(ema_momentum=1.0)
+
+
 def test_bad_optimizer_state_is_refused_by_name():
     with pytest.raises(TaggerError, match="needs 'step' and 'lr'"):
         Adam().set_state({"lr": np.array(0.1)})

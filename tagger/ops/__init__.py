@@ -52,6 +52,8 @@ OP_NAMES = (
     "mul",
     "adam_update",
     "sgd_update",
+    # the moving average of the weights (Keras' use_ema): (average, param, momentum)
+    "ema_update",
     "sum_of_squares",
     "scale_",
     "fill_",

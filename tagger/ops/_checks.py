@@ -403,6 +403,13 @@ def check_update(where, rows, **arrays):
     return check_rows(where, rows, int(a0.shape[0]))
 
 
+def check_ema_update(average, param, momentum):
+    """ema_update: two float arrays of one dtype and shape, momentum a number in [0, 1)."""
+    check_update("ema_update", None, average=average, param=param)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)) or not 0 <= momentum < 1:
+        raise TaggerError(f"ema_update: momentum must be a number in [0, 1), got {momentum!r}")
+
+
 def check_step(where, step):
     if not isinstance(step, (int, np.integer)) or step < 1:
         raise TaggerError(f"{where}: step must be an int >= 1 (it counts from 1), got {step!r}")

@@ -992,6 +992,12 @@ def k_sgd(p, g, vel, rows, has_rows, lr, mom, wd):
         p[r, c] = pk - lr * (vk + wd * pk)
 
 
+def k_ema(a, p, keep, take):
+    for k in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[k] = keep * a[k] + take * p[k]
+
+
+_register("ema", lambda d: (_a(d, 1),) * 2 + (_ft(d),) * 2)(_plain(k_ema))
 _register("adam", lambda d: (_a(d, 2),) * 4 + (i64_1, i64) + (_ft(d),) * 9)(_plain(k_adam))
 _register("sgd", lambda d: (_a(d, 2),) * 3 + (i64_1, i64) + (_ft(d),) * 3)(_plain(k_sgd))
 

@@ -1393,6 +1393,19 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, ro
 
 
 @njit(**_JIT)
+def _ema_flat(A, P, keep, take):
+    for n in range(A.shape[0]):
+        A[n] = keep * A[n] + take * P[n]  # two products, one sum: reference.ema_update's roundings
+
+
+def ema_update(average, param, momentum):
+    """In place: average = momentum * average + (1 - momentum) * param (reference.ema_update)."""
+    chk.check_ema_update(average, param, momentum)
+    t = average.dtype.type
+    _ema_flat(_flat(average, "ema_update"), np.ascontiguousarray(param).reshape(-1), t(momentum), t(1 - momentum))
+
+
+@njit(**_JIT)
 def _sgd_rows(P, G, Vel, rows, lr, momentum, weight_decay):
     for q in range(rows.shape[0]):
         r = rows[q]

@@ -751,6 +751,15 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
               _scalar(weight_decay, dt))
 
 
+def ema_update(average, param, momentum):
+    """In place: average = momentum * average + (1 - momentum) * param (reference.ema_update)."""
+    chk.check_ema_update(average, param, momentum)
+    _check_on_device("ema_update", average=average)
+    dt = average.dtype
+    _launch1d("ema", dt, average.size, _flat(average), _flat(_dev(param)), _scalar(momentum, dt),
+              _scalar(1 - momentum, dt))
+
+
 def sum_of_squares(grad, rows=None):
     """float(sum(grad[rows]**2)) in float64, reduced on the device in a fixed order."""
     rows = chk.check_update("sum_of_squares", rows, grad=grad)

@@ -577,6 +577,16 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, rows=None):
     param[idx] = param[idx] - lr * (velocity[idx] + weight_decay * param[idx])
 
 
+def ema_update(average, param, momentum):
+    """In place: average = momentum * average + (1 - momentum) * param, every element
+    (Keras' use_ema formula). Dense on purpose: a row of an embedding that a batch does not
+    touch still moves its average towards its (unchanged) weights."""
+    chk.check_ema_update(average, param, momentum)
+    t = average.dtype.type
+    average *= t(momentum)
+    average += t(1 - momentum) * param
+
+
 def sum_of_squares(grad, rows=None):
     rows = chk.check_update("sum_of_squares", rows, grad=grad)
     g = grad if rows is None else grad[rows]

@@ -407,6 +407,12 @@ def test_adam_and_sgd(rows, dtype, shape):
     C.sgd_update(dp, C.asarray(g), dvel, 0.05, 0.9, 0.01, rows=rows)
     close(dp, p, dtype, "sgd p")
     close(dvel, vel, dtype, "sgd velocity")
+    avg = rng.normal(size=shape).astype(dtype)
+    davg = C.asarray(avg)
+    for momentum in (0.9, 0.5):
+        R.ema_update(avg, p, momentum)
+        C.ema_update(davg, C.asarray(p), momentum)
+    close(davg, avg, dtype, "ema average")
 
 
 @pytest.mark.parametrize("rows", [None, np.array([0, 2, 5])])

@@ -196,6 +196,25 @@ def test_adam_matches_reference_and_is_lazy(dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(7, 3), (5,)])
+def test_ema_update_is_the_references_bits_and_the_formula(dtype, shape):
+    rng = np.random.default_rng(16)
+    avg0 = rng.normal(size=shape).astype(dtype)
+    ours, theirs = avg0.copy(), avg0.copy()
+    for step in range(3):
+        p = rng.normal(size=shape).astype(dtype)
+        ref.ema_update(theirs, p, 0.9)
+        cpu.ema_update(ours, p, 0.9)
+        assert ours.tobytes() == theirs.tobytes()  # the same products and sum, so the same bits
+    # and the formula itself, in float64 with a momentum of 0.75 (exact in binary)
+    avg, p = np.array([1.0, -2.0]), np.array([3.0, 2.0])
+    cpu.ema_update(avg, p, 0.75)
+    assert avg.tolist() == [1.5, -1.0]
+    cpu.ema_update(avg, np.asfortranarray(p), 0.0)  # momentum 0: the weights themselves
+    assert avg.tolist() == p.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows", [None, np.array([0, 2])])
 def test_sgd_matches_reference_and_is_lazy(dtype, rows):
     rng = np.random.default_rng(16)
