@@ -360,7 +360,10 @@ def measure(systems, train_batches, infer_batches, args):
             train_fn(*b)
         for b in infer_batches[:2]:
             infer_fn(b[0], b[-1])
-    n_inf = max(2, args.batches * args.batch // args.infer_batch)
+    # inference passes of at least 8 batches: 3 batches of 256 (what --batches 30 gave) are
+    # ~20 ms at 2 threads, too short a window on a shared machine (2-thread inference read
+    # anywhere from 1.25x to 1.75x its 1-thread rate from run to run)
+    n_inf = max(8, args.batches * args.batch // args.infer_batch)
     rates = {name: {"train": [], "train_cpu": [], "infer": [], "infer_cpu": [], "train_faults": []}
              for name, _, _ in systems}
     for rep in range(args.repeats):
