@@ -50,15 +50,21 @@ def test_one_rank_under_mpiexec_is_the_plain_run(mpiexec, tmp_path):
             (tmp_path / "plain" / name / "weights.safetensors").read_bytes()
 
 
-def test_two_ranks_hold_identical_weights_equal_to_one_rank_up_to_summation_order(mpiexec, tmp_path):
+@pytest.mark.parametrize("ema", [False, True], ids=["weights", "moving-average"])
+def test_two_ranks_hold_identical_weights_equal_to_one_rank_up_to_summation_order(mpiexec, tmp_path, ema):
+    """With training.use_ema the saved model is the average: every rank keeps the same one
+    (its updates are the same), and it matches one rank's as the weights do."""
+    extra = ["training.use_ema=true", "training.ema_momentum=0.9"] if ema else []
     cmd = [str(mpiexec), "-n", "2", sys.executable, str(CASES), "train", str(tmp_path / "two"),
            "--override", "training.max_steps=20", "--override", "training.eval_every=10", "--override", "model.dropout=0"]
+    cmd += [arg for item in extra for arg in ("--override", item)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
     ranks = reports(tmp_path / "two")
     assert done.returncode == 0 and len(ranks) == 2, done.stderr
     assert [r["size"] for r in ranks] == [2, 2], "MPI started singletons, not one world"
     assert ranks[0]["weights"] == ranks[1]["weights"]  # bitwise, every rank
-    tagger_train(tmp_path / "one", "--model.dropout", "0")
+    tagger_train(tmp_path / "one", "--model.dropout", "0",
+                 *[arg for item in extra for arg in ("--" + item.partition("=")[0], item.partition("=")[2])])
     two, one = load(tmp_path / "two"), load(tmp_path / "one")
     assert set(two) == set(one)
     for name in one:
