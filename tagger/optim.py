@@ -13,9 +13,10 @@ weights); the average starts as the weights before the first update. Training ru
 weights; `averaged(model)` puts the averages in for evaluation and saving.
 
 State: `Optimizer.get_state()` is a dict of plain NumPy arrays named
-`layer/param/slot` (Adam: m, v; SGD: velocity; and ema with a moving average) plus `step` and `lr`; `set_state()`
-takes the same dict (moments are placed on a parameter's backend when it is first
-updated), so a checkpoint can hold the optimizer beside the weights.
+`layer/param/slot` (Adam: m, v; SGD: velocity; with a moving average also ema) plus
+`step` and `lr`; `set_state()` takes the same dict (moments are placed on a parameter's
+backend when it is first updated), so a checkpoint can hold the optimizer beside the
+weights.
 
 Patience: one rule for "improved" and "exhausted", used by early stopping (training)
 and ReduceOnPlateau: a score improves when it is strictly greater than the best so

@@ -396,14 +396,10 @@ def check_update(where, rows, **arrays):
     Returns rows as an int64 host array or None."""
     # the common case first, with nothing built: NumPy arrays whose shapes and dtypes agree
     # (the general path below costs ~4 us, and a training step makes ~20 of these calls)
-    first = None
-    for a in arrays.values():
-        if type(a) is not np.ndarray or (first is not None and (a.shape != first.shape or a.dtype != first.dtype)):
-            break
-        first = a if first is None else first
-    else:
-        if first is not None and first.dtype.kind == "f" and first.ndim:
-            return check_rows(where, rows, first.shape[0])
+    first = next(iter(arrays.values()), None)
+    if (type(first) is np.ndarray and first.dtype.kind == "f" and first.ndim
+            and all(type(a) is np.ndarray and a.shape == first.shape and a.dtype == first.dtype for a in arrays.values())):
+        return check_rows(where, rows, first.shape[0])
     check_floats(where, **arrays)
     (first, a0), *rest = arrays.items()
     for name, a in rest:
