@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 
-PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # = tagger.threads.BLAS_PINS (importing it loads NumPy)
+from tagger.threads import BLAS_PINS  # loads no NumPy (choose() checks that it is not loaded)
+
 _DROPPED: dict[str, str] = {}
 
 
@@ -42,7 +43,7 @@ def choose(argv=None) -> None:
         raise RuntimeError("blas_env.choose() must run before numpy is imported")
     if _wanted(sys.argv[1:] if argv is None else argv) == "env":
         return
-    for var in PINS:
+    for var in BLAS_PINS:
         if var in os.environ:
             _DROPPED[var] = os.environ.pop(var)
 
