@@ -116,23 +116,103 @@ def _predict_chunk(model, chunk, source, fmt, batch_size, nbest) -> list[tuple[s
         texts = task.format_records(task.records(examples, preds, nbest=nbest), lines, fmt)
     return [(text, len(ex.tokens)) for text, ex in zip(texts, examples)]
 
-def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256, nbest=None) -> int:
+def predict_stream(model, lines, fmt: str, write, source="input", batch_size=256, nbest=None, workers=None) -> int:
     """Predict every non-blank line of `lines` ((line number, line) pairs), calling
-    write(text, tokens) per record. Returns the count."""
+    write(text, tokens) per record. Returns the count. workers: a ChunkWorkers that
+    predicts the chunks in other processes (the records come back in input order)."""
     n = 0
-    for chunk in _chunks(lines):
-        for text, tokens in predict_chunk(model, chunk, source, fmt, batch_size, nbest):
+    chunks = _chunks(lines)
+    if workers is None:
+        done = (predict_chunk(model, chunk, source, fmt, batch_size, nbest) for chunk in chunks)
+    else:
+        done = workers.map(chunks, source, fmt, batch_size, nbest)
+    for records in done:
+        for text, tokens in records:
             write(text, tokens=tokens)
-        n += len(chunk)
+        n += len(records)
     return n
 
 
+class ChunkWorkers:
+    """predict_chunk in `workers` spawned processes, one thread each, each with its own
+    copy of the model; `map` yields each chunk's records in input order.
+
+    Why processes: the host side of a chunk (pre-tokenizer, encoding, JSON) is Python and
+    holds the interpreter lock, so a second thread cannot share it, and it stays ~20 % of a
+    chunk's time however fast the network gets (benchmarks/README.md). K processes run
+    K chunks at once, host side and network alike. At most 2 * workers chunks are in
+    flight, so memory stays a few chunks per worker on any input. The parent reads the
+    lines and writes the records; only text crosses the process boundary."""
+
+    def __init__(self, model_path, workers: int, device: str = "cpu"):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: each worker starts clean (its own BLAS and Numba state, one thread)
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_chunk_worker, initargs=(str(model_path), device))
+        self.window = 2 * workers
+        for _ in range(workers):  # start them now: a worker is spawned when a task finds none idle
+            self._pool.submit(int)
+
+    def map(self, chunks: Iterable[list], source: str, fmt: str, batch_size: int, nbest) -> Iterator[list]:
+        from collections import deque
+        from concurrent.futures.process import BrokenProcessPool
+
+        pending: deque = deque()
+        try:
+            for chunk in chunks:
+                pending.append(self._pool.submit(_chunk_in_worker, chunk, source, fmt, batch_size, nbest))
+                if len(pending) >= self.window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as err:
+            raise TaggerError(f"a --workers process of {source} ended without its result ({err}); "
+                              "is memory short? retry with fewer --workers") from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_WORKER_MODEL = None  # the model of a ChunkWorkers process
+
+
+def _start_chunk_worker(model_path: str, device: str) -> None:
+    import signal
+
+    from tagger.io import load_model
+    from tagger.threads import configure
+
+    global _WORKER_MODEL
+    # Ctrl-C reaches the whole process group: the parent stops the run and shuts the
+    # pool down; a worker's own KeyboardInterrupt would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure(1)
+    _WORKER_MODEL = load_model(model_path, device=device)
+
+
+def _chunk_in_worker(chunk, source, fmt, batch_size, nbest):
+    return predict_chunk(_WORKER_MODEL, chunk, source, fmt, batch_size, nbest)
+
+
 def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", overwrite=False, batch_size=256,
-                  shard=None, input_format=None, nbest=None):
+                  shard=None, input_format=None, nbest=None, workers=None):
     """Predict each input into OUTPUT/<name><suffix>, or to stdout with output None or '-'.
 
     input_format: one of INPUT_FORMATS, or None to choose per file by its suffix.
     nbest: k, each jsonl record also lists the k best tag sequences (a CRF model only).
+    workers: a ChunkWorkers (of the same model) that predicts the chunks of text inputs in
+    other processes; already-tokenized inputs are predicted here.
     With an output folder the run is resumable and shardable (tagger/sharding.py):
     `shard` "I/N", "auto" or "auto/N" takes shard I's byte-balanced share of the inputs
     (a large text file is cut into line ranges, written as NAME.part-III-of-NNN<suffix>;
@@ -157,7 +237,7 @@ def predict_files(model, inputs, output=None, fmt="jsonl", encoding="utf-8", ove
     def stream(path, lines, write):
         if kinds[path] == "text":
             warn_if_columns(path, encoding)
-            return predict_stream(model, lines, fmt, write, path, batch_size, nbest)
+            return predict_stream(model, lines, fmt, write, path, batch_size, nbest, workers)
         return predict_pretokenized(model, path, kinds[path], fmt, write, encoding, batch_size, lines, nbest)
 
     if output in (None, "-"):
@@ -194,14 +274,19 @@ def predict_workers(model_path, inputs, output, workers: int, shard=None, device
     I/N takes shard I*K + j of N*K of the same global plan, so the workers (and the array
     tasks around them) share one folder and one manifest scheme and never overlap. Each
     worker loads the model itself and streams, so memory stays what one process needs.
-    Resume with the same N and K (the part names of split files depend on N*K)."""
+    Resume with the same N and K (the part names of split files depend on N*K).
+    To stdout (output None or "-"), the workers take the chunks of each text input in turn
+    (ChunkWorkers) and the records come out in input order, as one process writes them."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from tagger.io import load_model
     from tagger.sharding import parse_shard
 
     if output in (None, "-"):
-        raise TaggerError("--workers needs --output DIR: the workers write their outputs into one folder")
+        with ChunkWorkers(model_path, workers, device) as pool:  # the workers start while this loads
+            return predict_files(load_model(model_path, device=device), inputs, output, shard=shard, workers=pool,
+                                 **options)
     i, n = parse_shard(shard)
     jobs = [f"{i * workers + j}/{n * workers}" for j in range(workers)]
     # spawn, not fork: each worker starts clean (its own BLAS and Numba state, one thread)

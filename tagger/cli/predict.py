@@ -31,8 +31,10 @@ def predict(
         None, help="I/N: predict shard I of N (byte-balanced; big files split by lines); auto or auto/N in a Slurm array"
     ),
     overwrite: bool = typer.Option(False, help="redo outputs an earlier run completed (default: skip them and resume)"),
-    workers: int = typer.Option(1, help="worker processes on this node, one thread each (needs --output DIR)",
-                                callback=positive_int),
+    workers: int = typer.Option(
+        1, help="worker processes on this node, one thread each (into --output DIR: each takes its share of the "
+        "inputs; to stdout: the chunks of each text input in turn, records in input order)", callback=positive_int,
+    ),
     nbest: Optional[int] = typer.Option(
         None, "--nbest", help="also list the K best tag sequences of each sentence with score and probability "
         "(a CRF model, --format jsonl)", callback=positive_int,

@@ -141,4 +141,30 @@ def test_workers_split_the_plan_and_write_what_one_process_writes(cli, untrained
     assert result.stderr.count(" records)") == 3
     # a rerun with the workers resumes: nothing to redo
     assert cli("predict", untrained_pos, inputs, "-o", tmp_path / "two", "--workers", "2").stderr.count("already complete") == 3
-    one_line_error(cli("predict", untrained_pos, inputs, "--workers", "2", ok=False), "--workers needs --output")
+
+
+def test_workers_to_stdout_take_the_chunks_in_turn_and_keep_the_input_order(cli, untrained_pos, inputs, tmp_path,
+                                                                          monkeypatch):
+    from tagger import predict
+
+    # the parent cuts the chunks: 160 lines in chunks of 7 are 23 chunks, more than the
+    # 4 in flight, so results come back from both workers while others are still queued
+    monkeypatch.setattr(predict, "CHUNK_LINES", 7)
+    column = tmp_path / "small.conll"  # a column input is predicted in the parent, between them
+    column.write_text("the\tX\ndog\tX\n\na\tX\ncat\tX\n", encoding="utf-8")
+    files = [inputs / "big.txt", column, inputs / "a.txt"]
+    one = cli("predict", untrained_pos, *files).stdout
+    mapped, real_map = [], predict.ChunkWorkers.map
+
+    def counted(self, chunks, *args):
+        for records in real_map(self, chunks, *args):
+            mapped.append(len(records))
+            yield records
+
+    monkeypatch.setattr(predict.ChunkWorkers, "map", counted)
+    two = cli("predict", untrained_pos, *files, "--workers", "2").stdout
+    assert two == one and len(two.splitlines()) == 160 + 2 + 12
+    assert mapped == [7] * 22 + [6] + [7, 5]  # big.txt and a.txt went to the workers, small.conll did not
+    tsv = cli("predict", untrained_pos, inputs / "big.txt", "--workers", "3", "--format", "tsv").stdout
+    assert [int(row.split("\t")[0]) for row in tsv.splitlines()] == list(range(1, 161))
+    one_line_error(cli("predict", untrained_pos, inputs, "--workers", "2", "--shard", "0/2", ok=False), "--shard needs --output")
