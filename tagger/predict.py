@@ -138,8 +138,9 @@ class ChunkWorkers:
     copy of the model; `map` yields each chunk's records in input order.
 
     Why processes: the host side of a chunk (pre-tokenizer, encoding, JSON) is Python and
-    holds the interpreter lock, so a second thread cannot share it, and it stays ~20 % of a
-    chunk's time however fast the network gets (benchmarks/README.md). K processes run
+    holds the interpreter lock, so a second thread cannot share it; for a word-only
+    BiLSTM-256 it is ~100 ms of a 2,048-line chunk against the forward pass's 256 ms at
+    1 thread and 140 ms at 2 (benchmarks/README.md, predict_processes.py). K processes run
     K chunks at once, host side and network alike. At most 2 * workers chunks are in
     flight, so memory stays a few chunks per worker on any input. The parent reads the
     lines and writes the records; only text crosses the process boundary."""
@@ -185,6 +186,7 @@ class ChunkWorkers:
 
 
 _WORKER_MODEL = None  # the model of a ChunkWorkers process
+_WORKER_ERROR: TaggerError | None = None  # or why it could not be loaded
 
 
 def _start_chunk_worker(model_path: str, device: str) -> None:
@@ -193,15 +195,20 @@ def _start_chunk_worker(model_path: str, device: str) -> None:
     from tagger.io import load_model
     from tagger.threads import configure
 
-    global _WORKER_MODEL
+    global _WORKER_MODEL, _WORKER_ERROR
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the
     # pool down; a worker's own KeyboardInterrupt would only print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(1)
-    _WORKER_MODEL = load_model(model_path, device=device)
+    try:
+        _WORKER_MODEL = load_model(model_path, device=device)
+    except TaggerError as err:  # raised with the first chunk: an initializer's error prints a traceback
+        _WORKER_ERROR = err
 
 
 def _chunk_in_worker(chunk, source, fmt, batch_size, nbest):
+    if _WORKER_MODEL is None:
+        raise _WORKER_ERROR
     return predict_chunk(_WORKER_MODEL, chunk, source, fmt, batch_size, nbest)
 
 

@@ -168,3 +168,45 @@ def test_workers_to_stdout_take_the_chunks_in_turn_and_keep_the_input_order(cli,
     tsv = cli("predict", untrained_pos, inputs / "big.txt", "--workers", "3", "--format", "tsv").stdout
     assert [int(row.split("\t")[0]) for row in tsv.splitlines()] == list(range(1, 161))
     one_line_error(cli("predict", untrained_pos, inputs, "--workers", "2", "--shard", "0/2", ok=False), "--shard needs --output")
+
+
+def _tagger_process(args, **popen):
+    """`tagger ARGS` in a real process of its own session (a Ctrl-C to its group reaches
+    the workers too, as at a terminal); the workers' stderr is the process's stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import child_ctrl_c_default
+
+    script = "import sys; from tagger.cli import main; sys.argv[0] = 'tagger'; main()"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=child_ctrl_c_default, **popen)
+
+
+@pytest.mark.slow
+def test_workers_to_stdout_fail_and_stop_in_one_line(untrained_pos, tmp_path):
+    import signal
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("x\n")
+    text = tmp_path / "long.txt"
+    rng = np.random.default_rng(0)
+    text.write_text("\n".join(" ".join(rng.choice(WORDS, size=12)) for _ in range(60_000)) + "\n", encoding="utf-8")
+    # a model the workers cannot load either: the parent's one-line error, no worker's traceback
+    proc = _tagger_process(["predict", broken, text, "--workers", "2"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and out == ""
+    assert err.strip().splitlines() == [f"error: {broken / 'tokenizer.json'}: missing; this is not a complete tagger model directory"]
+    # Ctrl-C once records flow: the parent stops, the workers go, nothing but "interrupted"
+    proc = _tagger_process(["predict", untrained_pos, text, "--workers", "2"])
+    first = proc.stdout.readline()
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    records = (first + rest).splitlines()
+    assert 0 < len(records) < 60_000 and json.loads(records[0])["line"] == 1
