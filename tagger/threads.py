@@ -15,7 +15,10 @@ direction threads BLAS runs single-threaded; with one core everything is sequent
 OpenBLAS' thread count is process-global, so it is set once (threadpoolctl), never per call.
 
 A request for more threads than there are cores is capped (said on stderr): extra
-threads on a full machine only take turns, which is slower than one thread.
+threads on a full machine only take turns, which is slower than one thread. For the same
+reason the second thread is given up for a while when it measures no gain, as when
+another process loads the cores (tagger.ops.cpu.PairGovernor): the results are the same
+bits either way.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class ThreadPlan:
     blas: int  # BLAS threads inside each direction
     cores: int  # cores this process may use
     source: str  # what limited `cores`
+    # the pair's second thread is given up while it does not pay (another process loads
+    # the cores): tagger.ops.cpu.PairGovernor. configure()'s plans are adaptive; a plan
+    # built by hand (tests) is not, so its concurrency never depends on the machine's load
+    adaptive: bool = False
 
 
 _PLAN: ThreadPlan | None = None
@@ -136,7 +143,7 @@ def plan_threads(requested: int | None, cores: int, source: str = "detected") ->
     pair = 2 if n >= 2 else 1
     # BLAS stays single-threaded inside each direction: a threaded OpenBLAS called from two
     # threads at once competes with them (see the module docstring)
-    return ThreadPlan(threads=pair, pair=pair, blas=1, cores=cores, source=source), warning
+    return ThreadPlan(threads=pair, pair=pair, blas=1, cores=cores, source=source, adaptive=pair > 1), warning
 
 
 def configure(requested: int | None = None, announce: bool = False) -> ThreadPlan:
@@ -193,6 +200,12 @@ def pair_threads() -> int:
         return _PLAN.pair
     env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
     return max(1, int(env)) if env.isdigit() else 1
+
+
+def adaptive_pair() -> bool:
+    """Whether the configured plan lets the CPU backend give up its second thread while it
+    does not pay (ThreadPlan.adaptive); False without a plan."""
+    return _PLAN is not None and _PLAN.adaptive
 
 
 def threads_option(value: int | None):

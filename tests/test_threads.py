@@ -75,11 +75,11 @@ def test_the_real_process_has_at_least_one_core():
 
 def test_plan_caps_oversubscription_and_says_so():
     plan, warning = threads.plan_threads(8, 2, "CPU affinity")
-    assert (plan.threads, plan.pair, plan.blas) == (2, 2, 1)
+    assert (plan.threads, plan.pair, plan.blas, plan.adaptive) == (2, 2, 1, True)
     assert "--threads 8" in warning and "2 core" in warning
     plan, warning = threads.plan_threads(None, 1)
     assert (plan.threads, plan.pair, plan.blas, warning) == (1, 1, 1, None)
-    assert threads.plan_threads(1, 16)[0].pair == 1
+    assert threads.plan_threads(1, 16)[0].pair == 1 and not threads.plan_threads(1, 16)[0].adaptive
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, True])
@@ -180,6 +180,72 @@ def test_the_optimizer_updates_in_two_threads_with_the_same_bits(monkeypatch):
         for a, b in zip(one, two):
             np.testing.assert_array_equal(a, b)
     assert None in submits and any(s is not None for s in submits)  # both paths ran
+
+
+def test_the_governor_pauses_the_second_thread_while_it_does_not_pay():
+    from tagger.ops import cpu
+
+    gov = cpu.PairGovernor()
+    gov.WINDOW, gov.PAUSE, gov.MAX_PAUSE = 4, 3, 10
+
+    def window(cpu_per_wall):
+        for _ in range(gov.WINDOW):
+            assert gov.submit() is not None  # measured: in two threads
+            gov.record(0.010, 0.010 * cpu_per_wall)
+
+    def paused_calls():
+        n = 0
+        while gov.submit() is None:  # in the calling thread
+            n += 1
+        gov.record(0.010, 0.010)  # that call was a window's first
+        return n
+
+    window(1.0)  # the threads took turns: as much CPU time as wall time
+    assert (gov.windows, gov.pauses, gov.last_gain) == (1, 1, 1.0)
+    assert paused_calls() == 3
+    rest = gov.WINDOW - 1  # paused_calls' last submit began the next window
+    for _ in range(rest):  # no gain again: a pause twice as long, then capped
+        gov.submit()
+        gov.record(0.010, 0.011)
+    assert paused_calls() == 6
+    for _ in range(rest):
+        gov.submit()
+        gov.record(0.010, 0.011)
+    assert paused_calls() == 10 and gov.pauses == 3
+    for _ in range(rest):  # both threads ran at once: no more pauses
+        gov.submit()
+        gov.record(0.010, 0.019)
+    assert gov.windows == 4 and gov.pauses == 3 and gov.last_gain == pytest.approx((0.010 + 3 * 0.019) / 0.040)
+    window(1.9)
+    assert gov.pauses == 3
+    window(1.0)  # a load again: the first pause is PAUSE long
+    assert paused_calls() == 3
+
+
+def test_an_adaptive_plan_runs_through_the_governor_with_the_same_bits(monkeypatch):
+    """configure()'s plans are adaptive: _submit asks the governor, which times the real
+    concurrent calls and, once a window shows no gain, runs the halves in the caller."""
+    from tagger.ops import cpu
+
+    gov = cpu.PairGovernor()
+    gov.WINDOW, gov.PAUSE, gov.GAIN = 2, 10**9, float("inf")  # no gain is ever enough
+    monkeypatch.setattr(cpu, "GOVERNOR", gov)
+    threads.configure(1)
+    one = _bilstm_step()
+    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test", adaptive=True))
+    two = _bilstm_step()  # the forward pair and the backward pair: one window, timed
+    assert (gov.windows, gov.pauses) == (1, 1) and gov.last_gain > 0
+    assert cpu._submit(None) is None and cpu._submit(2) is not None  # an explicit count is obeyed
+    three = _bilstm_step()  # paused: both directions in this thread
+    assert gov.windows == 1
+    monkeypatch.setattr(threads, "_PLAN", threads.ThreadPlan(2, 2, 1, 2, "test"))  # by hand: not adaptive
+    assert cpu._submit(None) == cpu._pool().submit
+    threads.configure(1)
+    for other in (two, three):
+        np.testing.assert_array_equal(one[0], other[0])
+        assert one[1].keys() == other[1].keys()
+        for name in one[1]:
+            np.testing.assert_array_equal(one[1][name], other[1][name], err_msg=str(name))
 
 
 def test_blas_description_names_the_kernel_and_the_environments_pins(monkeypatch):

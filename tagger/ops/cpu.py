@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from tagger.errors import TaggerError
-from tagger.threads import pair_threads
+from tagger.threads import adaptive_pair, pair_threads
 from tagger.ops import _checks as chk
 from tagger.ops import reference as _ref
 from tagger.ops._checks import run_pair
@@ -957,10 +958,95 @@ def num_threads():
     return pair_threads()
 
 
+class PairGovernor:
+    """Whether the second thread pays right now, measured on the concurrent calls themselves.
+
+    Two threads pay when a second core is free. When another process loads the cores (two
+    trainings at --threads 2 on this 2-core machine: each 7 % slower than at --threads 1,
+    benchmarks/oversubscription.py) the two threads take turns with it, and the handoffs
+    and shared caches cost more than the overlap gains. So every concurrent call is timed:
+    its wall time, and the process's CPU time across it. CPU over wall is near 2 when both
+    threads ran at once and near 1 when they took turns. After each WINDOW concurrent calls
+    whose total falls below GAIN, the next PAUSE calls run in the calling thread, one half
+    after the other; then a window is measured again, and each window in a row that shows
+    no gain doubles the pause (up to MAX_PAUSE), so a lasting load costs ever fewer
+    measuring windows; one that gains ends the pauses. Every op that runs halves in two
+    threads gives the same bits either way (tests/test_threads.py), so this changes speed
+    only. Calls per training step: ~5 (a pair per layer forward and backward, the
+    optimizer's halves); per predict chunk: ~16."""
+
+    WINDOW = 32
+    GAIN = 1.5
+    PAUSE = 512
+    MAX_PAUSE = 8192
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._paused = 0  # calls left to run sequentially
+        self._wall = self._cpu = 0.0
+        self._calls = 0
+        self._no_gain = 0  # windows in a row without a gain
+        self.windows = self.pauses = 0  # windows measured, and those that paused (for tests and benchmarks)
+        self.last_gain = None  # CPU / wall of the last window measured
+
+    def submit(self):
+        """A timed submit for this call, or None: run it in the calling thread."""
+        with self._lock:
+            if self._paused > 0:
+                self._paused -= 1
+                return None
+        return self._timed_submit
+
+    def _timed_submit(self, fn, *args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        return _TimedFuture(_pool().submit(fn, *args, **kwargs), self, wall, cpu)
+
+    def record(self, wall: float, cpu: float) -> None:
+        with self._lock:
+            self._wall += wall
+            self._cpu += cpu
+            self._calls += 1
+            if self._calls < self.WINDOW:
+                return
+            self.last_gain = self._cpu / max(self._wall, 1e-9)
+            self.windows += 1
+            if self.last_gain < self.GAIN:
+                self._paused = min(self.PAUSE << self._no_gain, self.MAX_PAUSE)
+                self._no_gain += 1
+                self.pauses += 1
+            else:
+                self._no_gain = 0
+            self._wall = self._cpu = 0.0
+            self._calls = 0
+
+
+class _TimedFuture:
+    """A pool future whose result() also tells the governor what the call took."""
+
+    __slots__ = ("_future", "_governor", "_wall", "_cpu")
+
+    def __init__(self, future, governor, wall, cpu):
+        self._future, self._governor, self._wall, self._cpu = future, governor, wall, cpu
+
+    def result(self):
+        try:
+            return self._future.result()
+        finally:
+            self._governor.record(time.perf_counter() - self._wall, time.process_time() - self._cpu)
+
+
+GOVERNOR = PairGovernor()
+
+
 def _submit(threads):
-    """The executor's submit when the pair should run in two threads, else None."""
-    threads = num_threads() if threads is None else threads
-    return _pool().submit if threads >= 2 else None
+    """The executor's submit when the pair should run in two threads, else None. threads
+    None: the process's thread plan, through the governor when the plan is adaptive; an
+    explicit count is obeyed as given."""
+    if threads is not None:
+        return _pool().submit if threads >= 2 else None
+    if num_threads() < 2:
+        return None
+    return GOVERNOR.submit() if adaptive_pair() else _pool().submit
 
 
 def concurrent_submit():
