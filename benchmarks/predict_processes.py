@@ -10,8 +10,10 @@ lines written to disk, as a user's run writes them):
 
     --threads 1     one process, one thread
     --threads 2     one process, the two LSTM directions in two threads
-    --workers 2     one process reading and writing, two worker processes predicting its
-                    chunks (tagger.predict.ChunkWorkers: one thread each)
+    --workers 2     two worker processes, one thread each: into the folder, each takes a
+                    share of the shard plan (the file cut into two line ranges, two parts);
+                    to stdout (redirected to a file), one process reads and writes while the
+                    two predict its chunks in turn (tagger.predict.ChunkWorkers)
 
 and each also on a one-line file, which is what starting costs (interpreter, imports,
 the Numba cache, the model; for --workers, the workers too). Model-only: the network's
@@ -36,7 +38,9 @@ import blas_env
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RUNS = (("--threads", "1"), ("--threads", "2"), ("--workers", "2"))
+# (option, value, to stdout): --workers into a folder shares out the shard plan (the file
+# cut into line ranges), to stdout the workers take its chunks in turn (ChunkWorkers)
+RUNS = (("--threads", "1", False), ("--threads", "2", False), ("--workers", "2", False), ("--workers", "2", True))
 
 
 def parse_args(argv=None):
@@ -63,10 +67,15 @@ def save_model(folder: Path) -> Path:
     return folder / "model"
 
 
-def wall_seconds(model: Path, text: Path, option: tuple[str, str], out: Path) -> float:
-    cmd = [str(BIN / "tagger"), "predict", str(model), str(text), "-o", str(out), "--overwrite", *option]
+def wall_seconds(model: Path, text: Path, option: tuple[str, str, bool], out: Path) -> float:
+    name, value, to_stdout = option
+    cmd = [str(BIN / "tagger"), "predict", str(model), str(text), name, value]
+    if not to_stdout:
+        cmd += ["-o", str(out), "--overwrite"]
+    out.mkdir(exist_ok=True)
     start = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(out / "stdout.jsonl", "w", encoding="utf-8") as sink:
+        done = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -126,8 +135,9 @@ def main(argv=None) -> None:
             start = wall_seconds(model, one, option, tmp / "out-one")
             wall = wall_seconds(model, text, option, tmp / "out")
             started = words / (wall - start)
-            print(f"| `{' '.join(option)}` | {wall:.2f} | {start:.2f} | {words / wall:,.0f} | {started:,.0f} | "
-                  f"{started / only[cores]:.2f} |")
+            where = "> FILE" if option[2] else "-o DIR"
+            print(f"| `{option[0]} {option[1]} {where}` | {wall:.2f} | {start:.2f} | {words / wall:,.0f} | "
+                  f"{started:,.0f} | {started / only[cores]:.2f} |")
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
