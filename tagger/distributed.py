@@ -209,7 +209,10 @@ def timing_summary(w: World, times: StepTimes) -> dict | None:
     over steps (evaluation steps are rare and long) of the mean over ranks, in ms. In each
     step the rank that computed longest waits for nobody at the exchange, so its exchange
     time is the communication itself; what the others spent beyond it is waiting for the
-    slowest rank (imbalance, noise). Shares are of the whole step. None outside MPI."""
+    slowest rank (imbalance, noise), and never less than nothing: a rank whose exchange was
+    the shorter (the slowest one was descheduled inside its own) waited 0, not a negative
+    time (seen on a loaded machine: a median of -0.4 ms). Shares are of the whole step.
+    None outside MPI."""
     if w.comm is None:
         return None
     every = w.allgather(times.steps)
@@ -219,7 +222,8 @@ def timing_summary(w: World, times: StepTimes) -> dict | None:
     per_rank = {k: np.array([t[k][:steps] for t in every]) for k in StepTimes.FIELDS}  # (R, steps)
     slowest = per_rank["compute"].argmax(axis=0)
     comm = per_rank["exchange"][slowest, np.arange(steps)]
-    rows = {**per_rank, "communication": comm[None, :], "waiting": per_rank["exchange"] - comm[None, :]}
+    waiting = np.maximum(per_rank["exchange"] - comm[None, :], 0.0)
+    rows = {**per_rank, "communication": comm[None, :], "waiting": waiting}
     ms = {k: round(float(np.median(v.mean(axis=0))) * 1e3, 3) for k, v in rows.items()}
     step = max(ms["wall"], 1e-9)
     return {

@@ -104,3 +104,35 @@ def test_data_parallel_in_one_process_is_the_model():
     for la, lb in zip(a.network.leaves(), b.network.leaves()):
         for ga, gb in zip(la.grads, lb.grads):
             assert np.array_equal(ga, gb)
+
+
+class _TwoRanks:
+    """A World of two ranks whose allgather returns the given per-rank step times."""
+
+    comm, size = object(), 2
+
+    def __init__(self, every):
+        self._every = every
+
+    def allgather(self, value):
+        return self._every
+
+
+def _steps(compute, exchange, wall=0.020):
+    return {"compute": compute, "exchange": exchange, "dense": [x / 2 for x in exchange],
+            "rows": [x / 2 for x in exchange], "wall": [wall] * len(compute)}
+
+
+def test_timing_summary_separates_waiting_and_never_makes_it_negative():
+    from tagger.distributed import StepTimes, timing_summary
+
+    # rank 0 computes longer in each step; rank 1 waits for it at the exchange (step 1: 3 ms
+    # beyond rank 0's 1 ms), or its exchange is the shorter (step 2: rank 0 was descheduled
+    # inside its own, 2 ms against 1): that is no waiting, not -1 ms
+    slow, fast = _steps([0.010, 0.010], [0.001, 0.002]), _steps([0.006, 0.008], [0.004, 0.001])
+    summary = timing_summary(_TwoRanks([slow, fast]), StepTimes())
+    assert summary["ranks"] == 2 and summary["steps"] == 2
+    assert summary["communication_ms"] == 1.5  # the slowest rank's exchange: median of 1 and 2 ms
+    assert summary["waiting_ms"] == 0.75  # per step the mean over ranks, (0 + 3) / 2 and (0 + 0) / 2; their median
+    assert summary["waiting_mean_ms"] == 0.75
+    assert summary["compute_ms"] == 8.5 and summary["step_ms"] == 20.0
