@@ -146,12 +146,7 @@ class ChunkWorkers:
     lines and writes the records; only text crosses the process boundary."""
 
     def __init__(self, model_path, workers: int, device: str = "cpu"):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: each worker starts clean (its own BLAS and Numba state, one thread)
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_chunk_worker, initargs=(str(model_path), device))
+        self._pool = _spawned_pool(workers, initializer=_start_chunk_worker, initargs=(str(model_path), device))
         self.window = 2 * workers
         for _ in range(workers):  # start them now: a worker is spawned when a task finds none idle
             self._pool.submit(int)
@@ -189,19 +184,34 @@ _WORKER_MODEL = None  # the model of a ChunkWorkers process
 _WORKER_ERROR: TaggerError | None = None  # or why it could not be loaded
 
 
-def _start_chunk_worker(model_path: str, device: str) -> None:
-    import signal
+def _spawned_pool(workers: int, **options):
+    """A process pool of `workers` for --workers. Spawn, not fork: each worker starts clean
+    (its own BLAS and Numba state), and loads its model with _one_thread_model."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **options)
+
+
+def _one_thread_model(model_path: str, device: str):
+    """A --workers process's own model, its thread plan one thread (the workers are the
+    parallelism)."""
     from tagger.io import load_model
     from tagger.threads import configure
+
+    configure(1)
+    return load_model(model_path, device=device)
+
+
+def _start_chunk_worker(model_path: str, device: str) -> None:
+    import signal
 
     global _WORKER_MODEL, _WORKER_ERROR
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the
     # pool down; a worker's own KeyboardInterrupt would only print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(1)
     try:
-        _WORKER_MODEL = load_model(model_path, device=device)
+        _WORKER_MODEL = _one_thread_model(model_path, device)
     except TaggerError as err:  # raised with the first chunk: an initializer's error prints a traceback
         _WORKER_ERROR = err
 
@@ -284,9 +294,6 @@ def predict_workers(model_path, inputs, output, workers: int, shard=None, device
     Resume with the same N and K (the part names of split files depend on N*K).
     To stdout (output None or "-"), the workers take the chunks of each text input in turn
     (ChunkWorkers) and the records come out in input order, as one process writes them."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from tagger.io import load_model
     from tagger.sharding import parse_shard
 
@@ -296,19 +303,14 @@ def predict_workers(model_path, inputs, output, workers: int, shard=None, device
                                  **options)
     i, n = parse_shard(shard)
     jobs = [f"{i * workers + j}/{n * workers}" for j in range(workers)]
-    # spawn, not fork: each worker starts clean (its own BLAS and Numba state, one thread)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _spawned_pool(workers) as pool:
         runs = [pool.submit(_worker, str(model_path), [str(x) for x in inputs], str(output), job, device, options)
                 for job in jobs]
         return [row for run in runs for row in run.result()]
 
 
 def _worker(model_path, inputs, output, shard, device, options):
-    from tagger.io import load_model
-    from tagger.threads import configure
-
-    configure(1)
-    return predict_files(load_model(model_path, device=device), inputs, output, shard=shard, **options)
+    return predict_files(_one_thread_model(model_path, device), inputs, output, shard=shard, **options)
 
 
 def model_digest(model) -> str:
